@@ -1,0 +1,235 @@
+"""Pure-PyTorch versions of the StyleGAN2/EG3D low-level ops.
+
+Every op here computes exactly what the official CUDA kernels' reference paths compute (their semantics are
+described in ``shared/docs/eg3d-facts.md`` §4), so official weights reproduce official outputs. They run on CPU
+and CUDA, in float32 or under autocast, and are differentiable.
+
+- ``setup_filter``: a normalised 2D FIR filter (outer product of a 1D kernel, sum 1).
+- ``upfirdn2d``: upsample by zero insertion, pad (negative = crop), convolve with a FIR filter, downsample.
+- ``upsample2d`` / ``downsample2d``: the padding conventions StyleGAN2 uses around ``upfirdn2d``.
+- ``bias_act``: bias, activation, gain, clamp.
+- ``conv2d_resample``: a 2D convolution fused with FIR up/down-sampling.
+- ``modulated_conv2d``: StyleGAN2's style-modulated (and optionally demodulated) convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2), "sigmoid": 1.0, "tanh": 1.0,
+                    "softplus": 1.0}
+
+
+def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), device: torch.device | None = None) -> torch.Tensor:
+    """Outer product of a 1D kernel with itself, normalised to sum 1.  # (K, K)"""
+    f = torch.as_tensor(taps, dtype=torch.float32, device=device)
+    if f.ndim != 1 or f.numel() == 0:
+        raise ValueError(f"taps must be a non-empty 1D sequence, got shape {tuple(f.shape)}")
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _pad4(padding: int | Sequence[int]) -> list[int]:
+    if isinstance(padding, int):
+        return [padding] * 4
+    padding = list(padding)
+    if len(padding) == 2:
+        return [padding[0], padding[0], padding[1], padding[1]]  # (px, py) -> x0, x1, y0, y1
+    if len(padding) != 4:
+        raise ValueError(f"padding must be an int, (px, py) or (x0, x1, y0, y1), got {padding}")
+    return padding
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,
+              padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """Upsample, FIR-filter and downsample a batch of images.  # (N, C, H, W) -> (N, C, H', W')
+
+    Steps: insert ``up - 1`` zeros after every sample; pad by ``padding = (x0, x1, y0, y1)`` (negative values
+    crop); convolve every channel with ``f * gain ** (f.ndim / 2)`` (a true convolution, i.e. the filter is
+    flipped unless ``flip_filter``; 'valid' output); keep every ``down``-th sample starting at index 0.
+    """
+    if f is None:
+        f = torch.ones(1, 1, dtype=x.dtype, device=x.device)
+    n, c, h, w = x.shape
+    x0, x1, y0, y1 = _pad4(padding)
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    if f.ndim == 2:
+        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), groups=c)
+    else:  # separable 1D filter: rows then columns
+        x = F.conv2d(x, f[None, None, None, :].expand(c, 1, 1, f.shape[0]), groups=c)
+        x = F.conv2d(x, f[None, None, :, None].expand(c, 1, f.shape[0], 1), groups=c)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, padding: int = 0, flip_filter: bool = False,
+               gain: float = 1.0) -> torch.Tensor:
+    """Upsample by ``up`` with the FIR filter ``f``, keeping the image centred.  # (N,C,H,W) -> (N,C,H*up,W*up)"""
+    fw = f.shape[-1]
+    p = [padding + (fw + up - 1) // 2, padding + (fw - up) // 2] * 2
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * up * up)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2, padding: int = 0, flip_filter: bool = False,
+                 gain: float = 1.0) -> torch.Tensor:
+    """Downsample by ``down`` after FIR filtering.  # (N,C,H,W) -> (N,C,H/down,W/down)"""
+    fw = f.shape[-1]
+    p = [padding + (fw - down + 1) // 2, padding + (fw - down) // 2] * 2
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
+             alpha: float | None = None, gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
+    """``act(x + b) * gain``, then clamped to ``[-clamp, clamp]``; ``b`` is broadcast along ``dim``.
+
+    ``gain`` defaults to the activation's standard gain (sqrt(2) for relu/lrelu, else 1); lrelu slope 0.2.
+    """
+    if b is not None:
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        x = x + b.reshape(shape)
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2 if alpha is None else alpha)
+    elif act == "relu":
+        x = F.relu(x)
+    elif act == "sigmoid":
+        x = torch.sigmoid(x)
+    elif act == "tanh":
+        x = torch.tanh(x)
+    elif act == "softplus":
+        x = F.softplus(x)
+    elif act != "linear":
+        raise ValueError(f"act must be one of {sorted(ACTIVATION_GAINS)}, got {act!r}")
+    gain = ACTIVATION_GAINS[act] if gain is None else gain
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int | list[int] = 0, groups: int = 1,
+          transpose: bool = False, flip_weight: bool = True) -> torch.Tensor:
+    """conv2d computes a correlation; ``flip_weight=False`` flips the kernel to make it a true convolution."""
+    if not flip_weight and (w.shape[-1] > 1 or w.shape[-2] > 1):
+        w = w.flip([2, 3])
+    if transpose:
+        return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = None, up: int = 1, down: int = 1,
+                    padding: int = 0, groups: int = 1, flip_weight: bool = True,
+                    flip_filter: bool = False) -> torch.Tensor:
+    """2D convolution with optional FIR up/down-sampling, in the order StyleGAN2 performs it.
+
+    x: (N, C_in, H, W); w: (C_out, C_in / groups, kh, kw). ``up=2`` uses a stride-2 transposed convolution followed
+    by the FIR filter (gain up**2); ``down=2`` filters first, then a strided convolution.
+    """
+    c_out, c_in_g, kh, kw = w.shape
+    fw = f.shape[-1] if f is not None else 1
+    px0 = px1 = py0 = py1 = padding
+    if up > 1:
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0, py1 = px0, px1
+    if down > 1:
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0, py1 = px0, px1
+
+    if kw == 1 and kh == 1 and down > 1 and up == 1:  # 1x1 down: filter + decimate, then convolve
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
+        return _conv(x, w, groups=groups, flip_weight=flip_weight)
+    if kw == 1 and kh == 1 and up > 1 and down == 1:  # 1x1 up: convolve, then upsample
+        x = _conv(x, w, groups=groups, flip_weight=flip_weight)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up ** 2, flip_filter=flip_filter)
+    if down > 1 and up == 1:  # filter, then strided convolution
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
+        return _conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+    if up > 1:  # transposed strided convolution, then filter
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = w.reshape(groups, c_out // groups, c_in_g, kh, kw).transpose(1, 2)
+            w = w.reshape(groups * c_in_g, c_out // groups, kh, kw)
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
+        pxt = max(min(-px0, -px1), 0)
+        pyt = max(min(-py0, -py1), 0)
+        x = _conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
+        x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
+                      flip_filter=flip_filter)
+        if down > 1:
+            x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
+        return x
+    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+    x = upfirdn2d(x, f if down > 1 else None, padding=[px0, px1, py0, py1], flip_filter=flip_filter)
+    return _conv(x, w, groups=groups, flip_weight=flip_weight)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None = None,
+                     up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
+                     demodulate: bool = True, flip_weight: bool = True, fused_modconv: bool = True) -> torch.Tensor:
+    """StyleGAN2's modulated convolution.
+
+    x: (N, I, H, W); weight: (O, I, k, k); styles: (N, I); noise broadcastable to the output. The weight is scaled
+    per sample by ``styles``; with ``demodulate`` each output channel is rescaled to unit norm
+    (rsqrt(sum w'^2 + 1e-8)). ``fused_modconv`` runs it as one grouped convolution (per-sample weights); otherwise
+    the activations are scaled before and after a shared-weight convolution (same maths, cheaper backward).
+    """
+    n = x.shape[0]
+    o, i, kh, kw = weight.shape
+    if x.dtype == torch.float16 and demodulate:  # pre-normalise to avoid fp16 overflow (as the official GPU path)
+        weight = weight * (1 / math.sqrt(i * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+
+    w = None
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # (N, O, I, k, k)
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (N, O)
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
+                            flip_weight=flip_weight)
+        if demodulate and noise is not None:
+            return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
+        if demodulate:
+            return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+        if noise is not None:
+            return x + noise.to(x.dtype)
+        return x
+
+    if demodulate:
+        w = w * dcoefs.reshape(n, -1, 1, 1, 1)
+    x = x.reshape(1, -1, *x.shape[2:])  # (1, N*I, H, W)
+    w = w.reshape(-1, i, kh, kw)  # (N*O, I, k, k)
+    x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=n,
+                        flip_weight=flip_weight)
+    x = x.reshape(n, -1, *x.shape[2:])  # (N, O, H', W')
+    if noise is not None:
+        x = x + noise
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) along ``dim``."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()

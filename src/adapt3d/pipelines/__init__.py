@@ -1,0 +1,1 @@
+"""One pipeline per job: render, (later) make-dataset, adapt, synth, eval, invert, distill."""
