@@ -13,6 +13,7 @@ import pickle
 import shlex
 import struct
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -124,8 +125,8 @@ def _py_touch(marker: Path) -> str:
     return f"open({str(marker)!r}, 'w').close()"
 
 
-def _inner_os_system(marker: Path) -> bytes:
-    return dumps(Call(GlobalRef("os", "system"), (_touch_cmd(marker),)))
+def _inner_os_system(marker: Path, protocol: int = 4) -> bytes:
+    return dumps(Call(GlobalRef("os", "system"), (_touch_cmd(marker),)), protocol=protocol)
 
 
 def _legacy_storage_bytes_with_payload(marker: Path) -> bytes:
@@ -133,7 +134,13 @@ def _legacy_storage_bytes_with_payload(marker: Path) -> bytes:
     header = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
     sys_info = pickle.dumps(dict(protocol_version=1001, little_endian=sys.byteorder == "little",
                                  type_sizes=dict(short=2, int=4, long=8)), protocol=2)
-    return header + sys_info + _inner_os_system(marker)
+    return header + sys_info + _inner_os_system(marker, protocol=2)
+
+
+def _typed_storage(n: int) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.zeros(n).storage()  # the (deprecated) TypedStorage that official pickles hold
 
 
 def _module_ref(name: str) -> Call:
@@ -177,9 +184,12 @@ PAYLOADS: dict[str, Callable[[Path], bytes]] = {
     "_rebuild_tensor_v2 with a non-storage": lambda m: _wrap(Call(GlobalRef("torch._utils", "_rebuild_tensor_v2"), (
         _touch_cmd(m).encode(), 0, (1,), (1,), False, OrderedDict()))),
     "_rebuild_tensor_v2 out of bounds": lambda m: _wrap(Call(GlobalRef("torch._utils", "_rebuild_tensor_v2"), (
-        torch.zeros(2).storage(), 0, (1000,), (1,), False, OrderedDict()))),
+        _typed_storage(2), 0, (1000,), (1,), False, OrderedDict()))),
     "stub BUILD with slot state": lambda m: _wrap(by_reference(
-        "training.triplane.OSGDecoder", (None, {"__class__": GlobalRef("os", "system")}))),
+        "training.triplane.OSGDecoder", (None, {"__class__": "builtins.exec", "x": _py_touch(m)}))),
+    "stub BUILD with dunder keys": lambda m: _wrap(persistent("TriPlaneGenerator", tiny_module_state(
+        _modules={"decoder": by_reference("training.triplane.OSGDecoder",
+                                          {"__class__": "os.system", "__reduce__": _touch_cmd(m)})}))),
     "stub BUILD with non-dict state": lambda m: _wrap(by_reference(
         "torch.nn.modules.container.Sequential", [_touch_cmd(m)])),
     "stub state holding os.system": lambda m: _wrap(by_reference(
@@ -190,8 +200,8 @@ PAYLOADS: dict[str, Callable[[Path], bytes]] = {
     "EasyDict BUILD state": lambda m: _wrap(Call(GlobalRef("dnnlib.util", "EasyDict"), (), {"x": _py_touch(m)})),
     "numpy scalar, object dtype": lambda m: _wrap(Call(GlobalRef("numpy._core.multiarray", "scalar"), (
         Call(GlobalRef("numpy", "dtype"), ("O8", False, True)), _inner_os_system(m)))),
-    "numpy.core scalar, object dtype (BUILD)": lambda m: _wrap(Call(GlobalRef("numpy.core.multiarray", "scalar"), (
-        Call(GlobalRef("numpy", "dtype"), ("O8", False, True), (3, "|", None, None, None, -1, -1, 63)),
+    "numpy.core scalar, f8 turned object by BUILD": lambda m: _wrap(Call(GlobalRef("numpy.core.multiarray", "scalar"), (
+        Call(GlobalRef("numpy", "dtype"), ("f8", False, True), (3, "<", None, None, None, -1, -1, 63)),
         _inner_os_system(m)))),
     "numpy ndarray _reconstruct": lambda m: dumps(Call(GlobalRef("numpy.core.multiarray", "_reconstruct"), (
         GlobalRef("numpy", "ndarray"), (0,), b"b"))),

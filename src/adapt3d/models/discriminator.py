@@ -412,8 +412,9 @@ def build_discriminator(config: DualDiscriminatorConfig | Mapping[str, Any]) -> 
     """A :class:`DualDiscriminator` from a config (or its dict form)."""
     if not isinstance(config, DualDiscriminatorConfig):
         config = DualDiscriminatorConfig.from_dict(config)
-    kwargs = config.to_dict()
-    return DualDiscriminator(**kwargs)
+    D = DualDiscriminator(**config.to_dict())
+    D.config = config  # kept so checkpoints can record how to rebuild it
+    return D
 
 
 def discriminator_config_from_official(init_kwargs: Mapping[str, Any],

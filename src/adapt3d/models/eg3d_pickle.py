@@ -17,6 +17,8 @@ Usage::
 from __future__ import annotations
 
 import io
+import pickle
+import re
 import sys
 import warnings
 from collections import OrderedDict
@@ -26,17 +28,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch._utils
-import pickle
 
 from adapt3d.models.eg3d_pickle_records import (
     EasyDict,
     EG3DCheckpointError,
     EG3DPickle,
     NetworkRecord,
+    NumpyDtypeSpec,
     PersistentRecord,
     ReferenceStub,
     UnsafePickleError,
     build_network_record,
+    check_state_dict,
     describe,
     to_plain,
 )
@@ -50,6 +53,7 @@ __all__ = [
     "UnsafePickleError",
     "ALLOWED_GLOBALS",
     "FORBIDDEN_MODULE_PREFIXES",
+    "is_forbidden_module",
 ]
 
 # Modules that the official loader would import (or create by exec); loading must never add them to sys.modules.
@@ -110,6 +114,16 @@ def _safe_rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_h
     return _safe_rebuild_parameter(data, requires_grad, backward_hooks)
 
 
+def _torch_reason(exc: Exception) -> str:
+    """The useful line of torch's long weights-only error message."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"global {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return (found.group(1) if found else text)[:200]
+
+
 def _safe_load_from_bytes(data: Any) -> torch.storage.TypedStorage:
     """Replacement for ``torch.storage._load_from_bytes``: parse legacy storage bytes with weights_only=True."""
     if not isinstance(data, bytes):
@@ -117,7 +131,7 @@ def _safe_load_from_bytes(data: Any) -> torch.storage.TypedStorage:
     try:
         storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        raise _refuse(f"tensor storage bytes refused by torch's weights-only loader: {exc}") from None
+        raise _refuse(f"tensor storage bytes refused by torch's weights-only loader ({_torch_reason(exc)})") from None
     except Exception as exc:  # corrupt storage bytes
         raise EG3DCheckpointError(f"corrupt tensor storage ({type(exc).__name__}: {exc})") from None
     if not isinstance(storage, torch.storage.TypedStorage):
@@ -134,26 +148,20 @@ def _safe_ordered_dict(*args: Any) -> OrderedDict:
     raise _refuse(f"collections.OrderedDict: unexpected arguments {[type(a).__name__ for a in args]}")
 
 
-def _checked_dtype(dt: Any, where: str) -> np.dtype:
-    if not isinstance(dt, np.dtype):
-        raise _refuse(f"{where}: expected a numpy dtype, got {type(dt).__name__}")
-    if dt.hasobject or dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
-        raise _refuse(f"{where}: dtype {dt!r} is not a plain numeric dtype (object/structured dtypes refused)")
-    return dt
-
-
-def _safe_numpy_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
-    if not isinstance(spec, str) or not isinstance(align, bool) or not isinstance(copy, bool):
-        raise _refuse(f"numpy.dtype: unexpected arguments ({type(spec).__name__}, {align!r}, {copy!r})")
+def _safe_numpy_dtype(spec: Any, align: Any = False, copy: Any = False) -> NumpyDtypeSpec:
+    if not isinstance(spec, str) or len(spec) > 8 or not isinstance(align, bool) or not isinstance(copy, bool):
+        raise _refuse(f"numpy.dtype: unexpected arguments ({str(spec)[:20]!r}, {align!r}, {copy!r})")
     try:
-        dt = np.dtype(spec, align=align, copy=True)  # always a fresh copy: BUILD will __setstate__ it
+        NumpyDtypeSpec(spec).to_dtype()
     except TypeError as exc:
         raise _refuse(f"numpy.dtype: invalid dtype {spec!r}") from exc
-    return _checked_dtype(dt, "numpy.dtype")
+    return NumpyDtypeSpec(spec)  # the BUILD that follows is validated by NumpyDtypeSpec.__setstate__
 
 
 def _safe_numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
-    dt = _checked_dtype(dtype, "numpy scalar")
+    if not isinstance(dtype, NumpyDtypeSpec):
+        raise _refuse(f"numpy scalar: expected a numpy.dtype, got {type(dtype).__name__}")
+    dt = dtype.to_dtype()
     if not isinstance(data, bytes) or len(data) != dt.itemsize:
         raise _refuse(f"numpy scalar: expected {dt.itemsize} bytes for {dt}, got {type(data).__name__}")
     return np.frombuffer(data, dtype=dt)[0]
@@ -171,9 +179,7 @@ def _inert_persistent_obj(meta: Any) -> PersistentRecord:
     name, src, state = meta["class_name"], meta["module_src"], meta["state"]
     if not (isinstance(name, str) and name.isidentifier()) or not isinstance(src, str):
         raise _refuse(f"{where}: malformed class_name/module_src")
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise _refuse(f"{where}: state of {name} must be a dict with str keys")
-    return PersistentRecord(name, src, state)
+    return PersistentRecord(name, src, check_state_dict(name, state))
 
 
 def _make_stub(qualified_name: str) -> type:
@@ -270,9 +276,13 @@ def _check_generator(rec: NetworkRecord | None, key: str, path: Path) -> None:
     raise EG3DCheckpointError(f"{path}: {key} has class {rec.class_name!r}; expected '{_GENERATOR_CLASS}'")
 
 
+def is_forbidden_module(name: str) -> bool:
+    """True for modules the official loader would import or create (``training``, ``_imported_module_*``, ...)."""
+    return name.split(".")[0] in FORBIDDEN_MODULE_PREFIXES[:3] or name.startswith(FORBIDDEN_MODULE_PREFIXES[3])
+
+
 def _new_forbidden_modules(before: set[str]) -> list[str]:
-    return sorted(m for m in set(sys.modules) - before if m.split(".")[0] in FORBIDDEN_MODULE_PREFIXES[:3]
-                  or m.startswith(FORBIDDEN_MODULE_PREFIXES[3]))
+    return sorted(m for m in set(sys.modules) - before if is_forbidden_module(m))
 
 
 def load_eg3d_pickle(path: str | Path) -> EG3DPickle:

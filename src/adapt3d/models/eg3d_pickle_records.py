@@ -24,6 +24,7 @@ __all__ = [
     "PersistentRecord",
     "ReferenceStub",
     "EasyDict",
+    "NumpyDtypeSpec",
     "NetworkRecord",
     "EG3DPickle",
     "build_network_record",
@@ -53,10 +54,43 @@ class EasyDict(dict):
             raise UnsafePickleError(f"unexpected instance state for dnnlib.util.EasyDict: {type(state).__name__}")
 
 
-def _check_state_dict(owner: str, state: Any) -> dict:
+def check_state_dict(owner: str, state: Any) -> dict:
+    """A pickled ``__dict__`` must be a dict of str keys, none of them a dunder name."""
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UnsafePickleError(f"state of {owner} must be a dict with str keys, got {type(state).__name__}")
+    dunder = sorted(k for k in state if k.startswith("__"))
+    if dunder:
+        raise UnsafePickleError(f"state of {owner} has unexpected special keys {dunder[:5]}")
     return state
+
+
+class NumpyDtypeSpec:
+    """Stand-in for a pickled ``numpy.dtype``: records the spec and validates the BUILD state.
+
+    numpy's own ``dtype.__setstate__`` accepts states that turn a float dtype into one with object fields, so a
+    real dtype is only built (by ``to_dtype``) from a spec and state that match a plain numeric dtype.
+    """
+
+    __slots__ = ("spec", "byteorder")
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.byteorder = spec, "="
+
+    def __setstate__(self, state: Any) -> None:
+        plain = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
+                 and state[2:] == (None, None, None, -1, -1, 0))
+        if not plain:
+            raise UnsafePickleError(f"numpy.dtype({self.spec!r}): state {str(state)[:120]} is not that of a plain "
+                                    "numeric dtype (object/structured dtypes refused)")
+        self.byteorder = state[1]
+
+    def to_dtype(self) -> np.dtype:
+        dt = np.dtype(self.spec)
+        if self.byteorder in "<>":
+            dt = dt.newbyteorder(self.byteorder)
+        if dt.hasobject or dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+            raise UnsafePickleError(f"numpy dtype {dt!r} is not a plain numeric dtype")
+        return dt
 
 
 class PersistentRecord:
@@ -94,7 +128,7 @@ class ReferenceStub:
             raise UnsafePickleError(f"{self.qualified_name}: unexpected constructor arguments")
 
     def __setstate__(self, state: Any) -> None:
-        self.state = dict(_check_state_dict(self.qualified_name, state))
+        self.state = dict(check_state_dict(self.qualified_name, state))
 
     def __repr__(self) -> str:
         return f"<stub {self.qualified_name}>"
@@ -130,6 +164,8 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if isinstance(value, (PersistentRecord, ReferenceStub)):
         return f"<{value.class_name}>"
+    if isinstance(value, NumpyDtypeSpec):
+        return str(value.to_dtype())
     return value
 
 

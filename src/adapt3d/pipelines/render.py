@@ -32,7 +32,8 @@ from adapt3d.utils.parsing import parse_seeds
 
 @dataclass
 class RenderConfig:
-    """Options of ``adapt3d render``. Give exactly one of ``preset`` and ``checkpoint``."""
+    """Render a generator: image grid, per-seed images and depth, orbit video, meshes. Give --preset or
+    --checkpoint."""
 
     out: Path = Path("runs/render")
     """Output folder (created if missing)."""

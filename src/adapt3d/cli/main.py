@@ -1,0 +1,44 @@
+"""The ``adapt3d`` command: one subcommand per job, generated from the jobs' config dataclasses (tyro)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import tyro
+
+from adapt3d.pipelines.convert import ConvertConfig, convert
+from adapt3d.pipelines.render import RenderConfig, render
+
+COMMANDS = {
+    "render": (RenderConfig, render, "Render a generator: image grid, per-seed images, depth, orbit video, meshes."),
+    "convert": (ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
+}
+
+# Errors a user can fix: printed as one line naming the argument, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        {k: v[0] for k, v in COMMANDS.items()},
+        args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
+    run = next(fn for cls, fn, _ in COMMANDS.values() if isinstance(cfg, cls))
+    try:
+        result = run(cfg)
+    except USER_ERRORS as e:
+        print(f"adapt3d {name or ''}: error: {e}", file=sys.stderr)
+        return 2
+    if hasattr(result, "out"):
+        print(f"adapt3d {name}: wrote {result.out}")
+        for note in getattr(result, "notes", []):
+            print(f"  note: {note}")
+    else:
+        print(f"adapt3d {name}: wrote {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
