@@ -121,6 +121,10 @@ def build_official(ours: torch.nn.Module, cfg, root: str) -> tuple[torch.nn.Modu
                          f"{cfg.triplane_resolution} x {cfg.triplane_channels}")
     root = str(Path(root).resolve())
     sys.path.insert(0, root)
+    try:  # dnnlib.util imports requests for URL downloads only; the generator does not need it
+        import requests  # noqa: F401
+    except ImportError:
+        sys.modules["requests"] = types.ModuleType("requests")
     from training.triplane import TriPlaneGenerator  # noqa: E402  (official, non-commercial licence)
     import training.volumetric_rendering.renderer as official_renderer  # noqa: E402
 
