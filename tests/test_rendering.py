@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from adapt3d.models.triplane import OSGDecoder
 from adapt3d.rendering.compositing import composite
@@ -410,3 +409,54 @@ def test_rendering_config_from_official_dict():
     # validation still applies to official dicts
     with pytest.raises(ValueError):
         RenderingConfig.from_dict({**official, "ray_start": "auto"})
+
+
+def test_importance_renderer_empty_rays_clamp_to_global_depth_range_across_chunks():
+    # Density only where x < 0 (plane 0 channel 0): rays looking to +x are empty (zero weight, depth NaN -> inf),
+    # and must be clamped to the max depth over the whole batch, not over their chunk.
+    res = 6
+    cfg = RenderingConfig(depth_resolution=8, depth_resolution_importance=4, ray_start="auto", ray_end="auto")
+    planes = torch.zeros(1, 3, 4, 8, 8)
+    planes[:, 0, 0, :, :4] = 3.0  # columns with u < 0, i.e. x < 0
+
+    def decoder(feats):
+        f = feats.mean(1)  # (N, M, C)
+        sigma = torch.where(f[..., :1] > 0.5, torch.full_like(f[..., :1], 10.0), torch.full_like(f[..., :1], -1e4))
+        return {"rgb": torch.sigmoid(f[..., 1:4]), "sigma": sigma}
+
+    c2w, k = _analytic_camera(origin=(0.0, 0.0, 2.7), f=3.0, rot=torch.diag(torch.tensor([1.0, -1.0, -1.0])))
+    origins, dirs = sample_rays(c2w, k, res)
+    t0, t1 = ray_box_limits(origins, dirs, cfg.box_warp)
+    assert torch.all(t1 > t0)  # every ray hits the box: t1 is each ray's last sample depth
+    row_max = t1.reshape(res, res).amax(dim=1)
+    assert row_max.min() < row_max.max() - 1e-3  # per-row (per-chunk) clamping would give another answer
+    r = ImportanceRenderer()
+    feats, depth, weight = r(planes, decoder, origins, dirs, cfg, stochastic=False)
+    empty = dirs[0, :, 0] > 0
+    assert torch.all(weight[0, empty] == 0) and torch.all(weight[0, ~empty] > 0.5)
+    assert torch.allclose(depth[0, empty], t1.max().expand(int(empty.sum()), 1), atol=1e-5)
+    assert torch.all(depth[0, ~empty] < t1.max() - 1e-3)
+    by_rows = r(planes, decoder, origins, dirs, cfg, stochastic=False, ray_chunk=res)
+    for a, b in zip((feats, depth, weight), by_rows):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_importance_depths_match_eg3d_recipe_by_hand():
+    # EG3D: weights -> max_pool1d(2, 1, pad 1) -> avg_pool1d(2, 1) -> + 0.01 -> drop first/last -> + 1e-5, normalise;
+    # bins = midpoints of the coarse depths; deterministic quantiles u = linspace(0, 1, K); linear inverse CDF.
+    import numpy as np
+
+    d, k = 10, 7
+    depths = stratified_depths(1, 1, 2.0, 3.0, d, stochastic=False)
+    raw = torch.rand(d - 1, generator=torch.Generator().manual_seed(0)) ** 3
+    got = importance_depths(depths, raw.reshape(1, 1, d - 1, 1), k, stochastic=False)[0, 0, :, 0].double().numpy()
+    r = raw.double().numpy()
+    padded = np.concatenate([[-np.inf], r, [-np.inf]])
+    mx = np.maximum(padded[:-1], padded[1:])  # length d
+    avg = 0.5 * (mx[:-1] + mx[1:]) + 0.01  # length d - 1
+    p = avg[1:-1] + 1e-5
+    cdf = np.concatenate([[0.0], np.cumsum(p / p.sum())])
+    t = depths[0, 0, :, 0].double().numpy()
+    mids = 0.5 * (t[:-1] + t[1:])
+    expected = np.interp(np.linspace(0, 1, k), cdf, mids[: len(cdf)])
+    assert np.allclose(got, expected, atol=1e-5), (got, expected)
