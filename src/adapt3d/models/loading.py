@@ -28,11 +28,14 @@ class LoadedGenerator:
     notes: list[str] = field(default_factory=list)
 
 
-def check_generator_source(preset: str | None, checkpoint: str | None) -> None:
-    """Raise ValueError (naming the flag) unless exactly one valid generator source is given."""
+def check_generator_source(preset: str | None, checkpoint: str | None, flag: str = "--checkpoint") -> None:
+    """Raise ValueError (naming the flag) unless exactly one valid generator source is given.
+
+    ``flag`` is the name of the checkpoint option in the calling command (``--checkpoint``, ``--generator``).
+    """
     if (preset is None) == (checkpoint is None):
         raise ValueError("give exactly one of --preset (built-in architecture: "
-                         f"{', '.join(sorted(PRESETS))}) and --checkpoint (a checkpoint folder, an EG3D .pkl or a "
+                         f"{', '.join(sorted(PRESETS))}) and {flag} (a checkpoint folder, an EG3D .pkl or a "
                          f"known name: {', '.join(sorted(hub.known_checkpoints()))})")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"--preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -40,9 +43,9 @@ def check_generator_source(preset: str | None, checkpoint: str | None) -> None:
         p = Path(checkpoint).expanduser()
         if p.is_dir():
             if not is_checkpoint_folder(p):
-                raise ValueError(f"--checkpoint: {p} is a folder without checkpoint.json (not an adapt3d checkpoint)")
+                raise ValueError(f"{flag}: {p} is a folder without checkpoint.json (not an adapt3d checkpoint)")
         elif not p.is_file() and hub._key(str(checkpoint)) not in hub.known_checkpoints():
-            raise ValueError(f"--checkpoint: {checkpoint!r} is neither an existing file or folder nor a known "
+            raise ValueError(f"{flag}: {checkpoint!r} is neither an existing file or folder nor a known "
                              f"name ({', '.join(sorted(hub.known_checkpoints()))})")
 
 

@@ -1,0 +1,111 @@
+"""Find pretrained diffusers / transformers weights (a local folder or a Hugging Face id) before loading them.
+
+:func:`resolve_pretrained` is called by every ``from_pretrained`` convenience of adapt3d (Stable Diffusion,
+ControlNet, CLIP) *before* any model is built, so that a missing model fails at once with a message that says which
+weights are missing and how to get them, instead of a long traceback from deep inside huggingface_hub.
+
+Names accepted:
+
+- ``"tiny"``: the built-in tiny random-weight model of that kind (built on first use into
+  :func:`adapt3d.testing.default_tiny_models_dir`; for demos and tests, no download);
+- a local folder (``save_pretrained`` layout, e.g. a ``huggingface-cli download`` target);
+- a Hugging Face model id (``stabilityai/stable-diffusion-2-1-base``): taken from the local Hugging Face cache, or
+  downloaded by ``from_pretrained`` when the machine is online. Offline (``HF_HUB_OFFLINE=1``,
+  ``TRANSFORMERS_OFFLINE=1`` or ``ADAPT3D_OFFLINE=1``) a model missing from the cache raises
+  :class:`PretrainedNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
+
+TINY_NAME = "tiny"
+
+# kind -> (what it is, a file whose presence marks a complete folder, the tiny model's name in ensure_tiny_models)
+KINDS: dict[str, tuple[str, str, str]] = {
+    "stable-diffusion": ("Stable Diffusion pipeline", "model_index.json", "stable-diffusion"),
+    "controlnet": ("ControlNet", "config.json", "controlnet"),
+    "clip": ("CLIP model", "config.json", "clip"),
+}
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+    """Pretrained weights are neither a local folder nor available from the Hugging Face cache / hub."""
+
+
+def is_offline() -> bool:
+    """True when any of HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, ADAPT3D_OFFLINE is set to a true value."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ADAPT3D_OFFLINE"))
+
+
+def how_to_get(name: str, kind: str, flag: str) -> str:
+    what = KINDS[kind][0]
+    return (f"on a machine with network run `huggingface-cli download {name} --local-dir <folder>` (or "
+            f"`hf download {name} --local-dir <folder>`), copy the folder here and pass it as {flag} <folder>; "
+            f"or pass {flag} {TINY_NAME} for the built-in tiny random-weight {what} (demos and tests only)")
+
+
+def _in_hf_cache(repo_id: str, marker: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub always comes with diffusers/transformers
+        return False
+    try:
+        found = try_to_load_from_cache(repo_id, marker)
+    except Exception:  # noqa: BLE001 - a malformed id or cache: treat as missing
+        return False
+    return isinstance(found, str)
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike, kind: str, flag: str | None = None) -> str:
+    """Return what to pass to ``from_pretrained`` for ``name_or_path``, or raise a clear error.
+
+    ``kind`` is one of ``stable-diffusion``, ``controlnet``, ``clip``; ``flag`` names the option in messages
+    (default ``--diffusion`` / ``--controlnet`` / ``--clip-model``). Never downloads anything itself.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: unknown model kind {kind!r}; expected one of {sorted(KINDS)}")
+    what, marker, tiny_key = KINDS[kind]
+    flag = flag or {"stable-diffusion": "--diffusion", "controlnet": "--controlnet", "clip": "--clip-model"}[kind]
+    name = str(name_or_path).strip()
+    if not name:
+        raise ValueError(f"{flag}: empty model name; expected a Hugging Face id, a local folder or '{TINY_NAME}'")
+    if name == TINY_NAME:
+        from adapt3d.testing.tiny_models import ensure_tiny_models
+        return str(ensure_tiny_models(names=(tiny_key,))[tiny_key])
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag}: {path} is a file; expected a {what} folder holding {marker} "
+                             "(save_pretrained layout)")
+        if not (path / marker).is_file():
+            raise PretrainedNotFoundError(f"{flag}: {path} is not a {what} folder: {marker} is missing "
+                                          "(expected the save_pretrained / Hugging Face repository layout)")
+        return str(path)
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_local or not _REPO_ID.match(name):
+        raise PretrainedNotFoundError(f"{flag}: {name!r} is neither an existing {what} folder nor a Hugging Face "
+                                      "model id (owner/name)")
+    if _in_hf_cache(name, marker):
+        return name
+    if is_offline():
+        raise PretrainedNotFoundError(
+            f"{flag}: the {what} weights {name!r} are not in the local Hugging Face cache and downloads are off "
+            f"(offline mode: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / ADAPT3D_OFFLINE). To get them, "
+            + how_to_get(name, kind, flag))
+    return name
+
+
+def download_error(name: str, kind: str, flag: str, error: BaseException) -> PretrainedNotFoundError:
+    """Wrap a failed ``from_pretrained`` download into an error that says how to get the weights."""
+    what = KINDS[kind][0]
+    return PretrainedNotFoundError(f"{flag}: could not load the {what} {name!r} ({type(error).__name__}: "
+                                   f"{str(error).splitlines()[0] if str(error) else ''}). To get it, "
+                                   + how_to_get(name, kind, flag))
