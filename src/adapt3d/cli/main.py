@@ -8,11 +8,18 @@ from typing import Sequence
 import tyro
 
 from adapt3d.pipelines.convert import ConvertConfig, convert
+from adapt3d.pipelines.evaluate import EvalConfig
+from adapt3d.pipelines.evaluate import run as evaluate
+from adapt3d.pipelines.make_dataset import MakeDatasetConfig
+from adapt3d.pipelines.make_dataset import run as make_dataset
 from adapt3d.pipelines.render import RenderConfig, render
 
 COMMANDS = {
     "render": (RenderConfig, render, "Render a generator: image grid, per-seed images, depth, orbit video, meshes."),
     "convert": (ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
+    "make-dataset": (MakeDatasetConfig, make_dataset,
+                     "Render, translate with SD img2img, filter: a camera-labelled EG3D dataset (DATID-3D stage 1)."),
+    "eval": (EvalConfig, evaluate, "Evaluate an adapted generator vs its source and a prompt: metrics + report."),
 }
 
 # Errors a user can fix: printed as one line naming the argument, no traceback.
