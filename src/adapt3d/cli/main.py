@@ -9,6 +9,9 @@ import tyro
 
 from adapt3d.pipelines.convert import ConvertConfig, convert
 from adapt3d.pipelines.evaluate import EvalConfig
+from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
+from adapt3d.pipelines.kcf import KcfConfig, kcf
+from adapt3d.pipelines.synth import SynthConfig, synth
 from adapt3d.pipelines.evaluate import run as evaluate
 from adapt3d.pipelines.make_dataset import MakeDatasetConfig
 from adapt3d.pipelines.make_dataset import run as make_dataset
@@ -19,6 +22,9 @@ COMMANDS = {
     "convert": (ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
     "make-dataset": (MakeDatasetConfig, make_dataset,
                      "Render, translate with SD img2img, filter: a camera-labelled EG3D dataset (DATID-3D stage 1)."),
+    "synth": (SynthConfig, synth, "3D-DST: CAD meshes -> ControlNet images with exact 3D annotations."),
+    "kcf": (KcfConfig, kcf, "3D-DST K-fold consistency filter: mark images whose pose label disagrees."),
+    "export-coco": (ExportCocoConfig, export_coco, "Write a 3D-DST run as COCO JSON (boxes, keypoints, pose)."),
     "eval": (EvalConfig, evaluate, "Evaluate an adapted generator vs its source and a prompt: metrics + report."),
 }
 

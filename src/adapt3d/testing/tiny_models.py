@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 MARKER = "adapt3d-tiny.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tiny ControlNet without zero convolutions
 TINY_IMAGE_SIZE = 64
 """Pixel size of the tiny Stable Diffusion's images (latents are 32x32)."""
 TINY_CLIP_IMAGE_SIZE = 32
@@ -89,10 +89,24 @@ def is_tiny_model(path: str | os.PathLike, kind: str | None = None) -> bool:
     return info.get("format") == FORMAT_VERSION and (kind is None or info.get("kind") == kind)
 
 
+def _is_outdated_tiny_model(path: Path, kind: str) -> bool:
+    """True if ``path`` holds a tiny ``kind`` model built by an older version of this module (safe to replace)."""
+    try:
+        info = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("kind") == kind and info.get("format") != FORMAT_VERSION
+
+
 def _cached_build(path: str | os.PathLike, kind: str, seed: int, build: Callable[[Path], None]) -> Path:
     path = Path(path).expanduser()
     if is_tiny_model(path, kind):
         return path
+    if _is_outdated_tiny_model(path, kind):  # our own cache from an older format: move it aside, then rebuild
+        stale = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale.", dir=path.parent))
+        with contextlib.suppress(OSError):
+            os.rename(path, stale / path.name)
+        shutil.rmtree(stale, ignore_errors=True)
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a complete tiny {kind} model; remove it or pick another "
                               "folder")
@@ -152,8 +166,18 @@ def _build_stable_diffusion(folder: Path) -> None:
 def _build_controlnet(folder: Path) -> None:
     from diffusers import ControlNetModel
 
+    import torch
+
     # Same seed as make_tiny_stable_diffusion -> the same UNet weights the ControlNet copies.
-    ControlNetModel.from_unet(_tiny_unet(), conditioning_embedding_out_channels=(16, 32)).save_pretrained(folder)
+    cn = ControlNetModel.from_unet(_tiny_unet(), conditioning_embedding_out_channels=(16, 32))
+    # A real ControlNet starts with zero convolutions (no effect until trained). A tiny random test model must let
+    # the control image matter, so those layers get small random weights (drawn from the seeded global RNG).
+    zero_convs = [cn.controlnet_cond_embedding.conv_out, cn.controlnet_mid_block, *cn.controlnet_down_blocks]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.normal_(0.0, 0.05)
+            conv.bias.normal_(0.0, 0.05)
+    cn.save_pretrained(folder)
 
 
 def _build_clip(folder: Path) -> None:
