@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
 import tyro
 
+from adapt3d.pipelines.adapt import AdaptConfig
+from adapt3d.pipelines.adapt import run as adapt
 from adapt3d.pipelines.convert import ConvertConfig, convert
 from adapt3d.pipelines.evaluate import EvalConfig
 from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
+from adapt3d.pipelines.finetune import FinetuneConfig
+from adapt3d.pipelines.finetune import run as finetune
 from adapt3d.pipelines.kcf import KcfConfig, kcf
 from adapt3d.pipelines.synth import SynthConfig, synth
 from adapt3d.pipelines.evaluate import run as evaluate
@@ -22,6 +27,9 @@ COMMANDS = {
     "convert": (ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
     "make-dataset": (MakeDatasetConfig, make_dataset,
                      "Render, translate with SD img2img, filter: a camera-labelled EG3D dataset (DATID-3D stage 1)."),
+    "finetune": (FinetuneConfig, finetune,
+                 "Fine-tune a generator adversarially on a camera-labelled EG3D dataset (DATID-3D stage 2)."),
+    "adapt": (AdaptConfig, adapt, "Text-guided 3D adaptation end to end: make-dataset -> finetune -> render + compare."),
     "synth": (SynthConfig, synth, "3D-DST: CAD meshes -> ControlNet images with exact 3D annotations."),
     "kcf": (KcfConfig, kcf, "3D-DST K-fold consistency filter: mark images whose pose label disagrees."),
     "export-coco": (ExportCocoConfig, export_coco, "Write a 3D-DST run as COCO JSON (boxes, keypoints, pose)."),
@@ -44,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"adapt3d {name or ''}: error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     if hasattr(result, "out"):
         print(f"adapt3d {name}: wrote {result.out}")
         for note in getattr(result, "notes", []):

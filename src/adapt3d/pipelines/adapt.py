@@ -1,0 +1,268 @@
+"""``adapt3d adapt``: text-guided 3D domain adaptation end to end (DATID-3D) in one run folder.
+
+    OUT/target/     make-dataset working folder; the EG3D dataset is OUT/target/dataset  (stage 1)
+    OUT/train/      finetune run folder; the adapted generator is OUT/train/final         (stage 2)
+    OUT/render/     the adapted generator's grid, per-seed images, orbit video and meshes   (stage 3)
+    OUT/compare.png source vs adapted at the same seeds and cameras (rows: seeds)
+    OUT/adapt.json  summary: options, what each stage did, files, notes
+
+Every stage is resumable: rerunning the same command skips finished stages (a stage whose options changed reruns;
+make-dataset and finetune resume their own partial work). Python API::
+
+    from adapt3d.pipelines.adapt import AdaptConfig, run
+    result = run(AdaptConfig(preset="tiny", prompt=("a zombie",), out="runs/demo"))
+
+``--preset tiny`` uses the built-in tiny diffusion and CLIP models and small defaults (32 images, 50 steps of 4),
+so the whole chain runs in a few minutes on a CPU; its pictures are meaningless (random weights).
+Under ``torchrun`` every rank generates a shard of the dataset and trains data-parallel; rank 0 renders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from adapt3d.pipelines import finetune as finetune_pipeline
+from adapt3d.pipelines import make_dataset as make_dataset_pipeline
+from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, render
+from adapt3d.pipelines.render import resolve_device
+from adapt3d.training.config import FinetuneConfig, options_for_identity, validate_finetune_config
+from adapt3d.training.distributed import barrier, init_distributed, world_info
+from adapt3d.utils.io import atomic_write_json
+from adapt3d.utils.parsing import parse_seeds
+
+__all__ = ["AdaptConfig", "AdaptResult", "run", "stage_configs", "COMPARE_YAWS"]
+
+COMPARE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the three views per generator in compare.png
+
+
+@dataclass
+class AdaptConfig:
+    """Adapt a 3D generator to a text prompt: make-dataset -> finetune -> render, with a source vs adapted grid.
+    Give --preset or --generator, and --prompt. Numbers left at None take DATID-3D's values (or small demo
+    values with --preset tiny)."""
+
+    prompt: tuple[str, ...] = ()
+    """Target-domain prompt(s), e.g. 'a 3D render of a face in Pixar style'."""
+    out: Path = Path("runs/adapt")
+    """Run folder holding every stage (target/, train/, render/, compare.png, adapt.json)."""
+    preset: str | None = None
+    """Built-in generator with random weights (tiny: built-in tiny diffusion and CLIP, the offline demo)."""
+    generator: str | None = None
+    """Source generator: adapt3d checkpoint folder, official EG3D .pkl, or a known name (ffhq, afhq)."""
+    negative_prompt: str | None = None
+    """Negative prompt for the diffusion model."""
+    num_images: int | None = None
+    """Target images to generate (DATID-3D: 1000; tiny: 32)."""
+    strength: float = 0.7
+    """img2img strength (DATID-3D: 0.7)."""
+    guidance_scale: float = 8.0
+    """Classifier-free guidance scale (DATID-3D: 8)."""
+    num_inference_steps: int | None = None
+    """Diffusion steps (DATID-3D: 50; tiny: 10)."""
+    diffusion: str = "auto"
+    """img2img model: Hugging Face id, local folder, or 'tiny' (auto: tiny with --preset tiny, else SD 2.1-base)."""
+    clip_model: str = "auto"
+    """CLIP model for scores and filters, or 'none'."""
+    clip_threshold: float | None = None
+    """Drop targets whose CLIP score with the prompt is below this."""
+    pose_filter: bool = True
+    """Drop targets whose pose drifted from their camera label (see make-dataset)."""
+    kimg: float | None = None
+    """Fine-tuning length in thousands of images (DATID-3D: 200; tiny: 0.2)."""
+    batch: int | None = None
+    """Fine-tuning batch size (DATID-3D: 20; tiny: 4)."""
+    freeze: tuple[str, ...] = ()
+    """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    snapshot_kimg: float | None = None
+    """kimg between fine-tuning snapshots (default: 50; tiny: half the run)."""
+    seeds: str = "0-3"
+    """Latent seeds of the renders and of compare.png."""
+    trunc: float = 0.7
+    """Truncation psi of the renders."""
+    video: Literal["none", "orbit", "yaw"] = "orbit"
+    """Video of the adapted generator."""
+    video_frames: int | None = None
+    """Frames of the video (48; tiny: 24)."""
+    mesh: Literal["none", "ply", "obj", "glb"] = "ply"
+    """Mesh format of the adapted generator's shapes."""
+    mesh_resolution: int | None = None
+    """Marching-cubes grid resolution (128; tiny: 64)."""
+    seed: int = 0
+    """Seed of the dataset job and of fine-tuning."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
+    progress: bool = True
+
+
+@dataclass
+class AdaptResult:
+    out: Path
+    dataset: Path | None = None
+    final: Path | None = None
+    files: dict[str, object] = field(default_factory=dict)
+    stages: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _pick(value, default, tiny_default, tiny: bool):
+    return value if value is not None else (tiny_default if tiny else default)
+
+
+def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetConfig, FinetuneConfig, RenderConfig]:
+    """The configs of the three stages (what ``adapt`` runs; each is also a command of its own)."""
+    tiny = cfg.preset == "tiny"
+    out = Path(cfg.out)
+    dataset = make_dataset_pipeline.MakeDatasetConfig(
+        out=out / "target", preset=cfg.preset, generator=cfg.generator, prompt=tuple(cfg.prompt),
+        negative_prompt=cfg.negative_prompt, num_images=_pick(cfg.num_images, 1000, 32, tiny),
+        strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+        num_inference_steps=_pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
+        clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
+        device=cfg.device, progress=cfg.progress)
+    kimg = _pick(cfg.kimg, 200.0, 0.2, tiny)
+    train = FinetuneConfig(
+        dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, generator=cfg.generator,
+        kimg=kimg, batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        snapshot_kimg=_pick(cfg.snapshot_kimg, 50.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
+        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    shows = RenderConfig(
+        out=out / "render", checkpoint=str(out / "train" / "final"), seeds=cfg.seeds, trunc=cfg.trunc,
+        video=cfg.video, video_frames=_pick(cfg.video_frames, 48, 24, tiny), mesh=cfg.mesh,
+        mesh_resolution=_pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device, progress=cfg.progress)
+    return dataset, train, shows
+
+
+def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
+    mcfg, fcfg, rcfg = stages
+    if not cfg.prompt:
+        raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
+    check_output_folder(Path(cfg.out))
+    parse_seeds(cfg.seeds)
+    if not 0 <= cfg.trunc <= 2:
+        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
+    for name in ("video_frames", "mesh_resolution"):
+        if getattr(rcfg, name) < (8 if name == "mesh_resolution" else 1):
+            raise ValueError(f"--{name.replace('_', '-')}: {getattr(rcfg, name)} is too small")
+    validate_finetune_config(fcfg, world_info().world_size)
+    return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
+
+
+def _dataset_done(mcfg, job) -> bool:
+    folder = Path(mcfg.out)
+    summary, job_file = folder / "make_dataset.json", folder / "job.json"
+    if not (summary.is_file() and job_file.is_file() and (folder / "dataset" / "dataset.json").is_file()):
+        return False
+    old = json.loads(summary.read_text()).get("config")
+    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(mcfg).items()}
+    same_job = json.loads(job_file.read_text()).get("fingerprint") == make_dataset_pipeline.job_json(job)["fingerprint"]
+    return same_job and json.loads(json.dumps(now)) == old
+
+
+def _finetune_done(fcfg: FinetuneConfig) -> bool:
+    out = Path(fcfg.out)
+    ck, opts = out / "final" / "checkpoint.json", out / "options.json"
+    if not (ck.is_file() and opts.is_file()):
+        return False
+    if json.loads(opts.read_text()).get("identity") != json.loads(json.dumps(options_for_identity(fcfg))):
+        return False
+    steps = max(1, math.ceil(fcfg.kimg * 1000 / fcfg.batch))
+    return json.loads(ck.read_text()).get("metadata", {}).get("step") == steps
+
+
+@torch.no_grad()
+def compare_grid(source, adapted, seeds: list[int], trunc: float, device: torch.device):
+    """Rows of uint8 strips: for each seed, the source's and the adapted generator's views at ``COMPARE_YAWS``."""
+    from adapt3d.export.images import make_grid, to_uint8
+    rows = []
+    for G in (source, adapted):
+        G = G.to(device).eval()
+        ws = map_seeds(G, seeds, trunc, None, device)  # (S, num_ws, w_dim)
+        yaw = torch.tensor([math.pi / 2 + y for y in COMPARE_YAWS])
+        cams = default_cameras(G, yaw, torch.full_like(yaw, math.pi / 2)).to(device)
+        strips = []
+        for k in range(len(seeds)):
+            img = G.synthesis(ws[k:k + 1].expand(len(yaw), -1, -1), cams, noise_mode="const",
+                              sampling="deterministic").image
+            strips.append(make_grid(to_uint8(img.cpu()), nrow=len(yaw)))
+        rows.append(strips)
+    return [[rows[0][k], rows[1][k]] for k in range(len(seeds))]
+
+
+def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: AdaptResult) -> None:
+    from adapt3d.export.images import contact_sheet, save_image
+    from adapt3d.models.checkpoint import load_checkpoint
+    from adapt3d.models.loading import load_generator
+    out = Path(cfg.out)
+    compare, summary = out / "compare.png", Path(rcfg.out) / "render.json"
+    stamp = (final / "checkpoint.json").stat().st_mtime
+    if compare.is_file() and summary.is_file() and min(compare.stat().st_mtime, summary.stat().st_mtime) > stamp \
+            and json.loads(summary.read_text()).get("config", {}).get("seeds") == rcfg.seeds:
+        result.stages["render"] = {"skipped": "up to date"}
+        result.files.update(json.loads(summary.read_text()).get("files", {}))
+        result.files["compare"] = str(compare)
+        return
+    t0 = time.time()
+    rendered = render(rcfg)
+    result.files.update(rendered.files)
+    result.notes += [n for n in rendered.notes if "random weights" not in n]
+    device = resolve_device(cfg.device)
+    seeds = parse_seeds(cfg.seeds)
+    source = load_generator(preset=cfg.preset, checkpoint=cfg.generator).generator
+    rows = compare_grid(source, load_checkpoint(final).generator, seeds, cfg.trunc, device)
+    captions = [[f"source, seed {s}", f"adapted, seed {s}"] for s in seeds]
+    save_image(compare, contact_sheet(rows, captions))
+    result.files["compare"] = str(compare)
+    result.stages["render"] = {"seconds": round(time.time() - t0, 2), "folder": str(rcfg.out)}
+
+
+def run(cfg: AdaptConfig) -> AdaptResult:
+    """Run (or resume) every stage; see the module docstring. All options are checked before any stage starts."""
+    t0 = time.time()
+    stages = stage_configs(cfg)
+    mcfg, fcfg, rcfg = stages
+    job = _validate(cfg, stages)
+    info, _ = init_distributed(resolve_device(cfg.device))
+    result = AdaptResult(out=Path(cfg.out), dataset=Path(mcfg.out) / "dataset", final=Path(fcfg.out) / "final")
+
+    t = time.time()
+    if _dataset_done(mcfg, job):
+        result.stages["dataset"] = {"skipped": "up to date"}
+    else:
+        made = make_dataset_pipeline.run(mcfg)
+        result.notes += [n for n in made.notes if n not in result.notes]
+        result.stages["dataset"] = {"num_images": made.num_images, "num_kept": made.num_kept,
+                                    "generated_now": made.generated_now, "seconds": round(time.time() - t, 2)}
+    barrier()
+
+    t = time.time()
+    if _finetune_done(fcfg):
+        result.stages["finetune"] = {"skipped": "up to date"}
+    else:
+        trained = finetune_pipeline.run(fcfg)
+        result.notes += [n for n in trained.notes if n not in result.notes]
+        result.stages["finetune"] = {"steps": trained.step, "kimg": trained.cur_nimg / 1000,
+                                     "resumed_from": str(trained.resumed_from) if trained.resumed_from else None,
+                                     "seconds": round(time.time() - t, 2)}
+    result.files.update({"dataset": str(result.dataset), "final": str(result.final), "train": str(fcfg.out)})
+
+    if info.is_main:
+        _render_stage(cfg, rcfg, result.final, result)
+        result.seconds = time.time() - t0
+        kept = result.stages["dataset"].get("num_kept")
+        result.notes.append(f"dataset {result.dataset}" + (f" ({kept} images kept)" if kept is not None else "")
+                            + f"; adapted generator {result.final}; source vs adapted {result.files['compare']}")
+        summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                   "stages": result.stages, "files": result.files, "notes": result.notes,
+                   "seconds": round(result.seconds, 2)}
+        atomic_write_json(Path(cfg.out) / "adapt.json", summary)
+    barrier()
+    result.seconds = time.time() - t0
+    return result
