@@ -12,15 +12,19 @@ from adapt3d.pipelines.adapt import AdaptConfig
 from adapt3d.pipelines.adapt import run as adapt
 from adapt3d.pipelines.convert import ConvertConfig, convert
 from adapt3d.pipelines.evaluate import EvalConfig
+from adapt3d.pipelines.evaluate import run as evaluate
 from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
 from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
+from adapt3d.pipelines.itportrait import ITportraitConfig
+from adapt3d.pipelines.itportrait import run as itportrait
 from adapt3d.pipelines.kcf import KcfConfig, kcf
-from adapt3d.pipelines.synth import SynthConfig, synth
-from adapt3d.pipelines.evaluate import run as evaluate
 from adapt3d.pipelines.make_dataset import MakeDatasetConfig
 from adapt3d.pipelines.make_dataset import run as make_dataset
+from adapt3d.pipelines.nada import NadaConfig
+from adapt3d.pipelines.nada import run as nada
 from adapt3d.pipelines.render import RenderConfig, render
+from adapt3d.pipelines.synth import SynthConfig, synth
 
 COMMANDS = {
     "render": (RenderConfig, render, "Render a generator: image grid, per-seed images, depth, orbit video, meshes."),
@@ -30,6 +34,10 @@ COMMANDS = {
     "finetune": (FinetuneConfig, finetune,
                  "Fine-tune a generator adversarially on a camera-labelled EG3D dataset (DATID-3D stage 2)."),
     "adapt": (AdaptConfig, adapt, "Text-guided 3D adaptation end to end: make-dataset -> finetune -> render + compare."),
+    "nada": (NadaConfig, nada, "3D StyleGAN-NADA: adapt a generator from --source-text to --prompt with CLIP "
+             "directional losses from several views (all options of adapt --method nada)."),
+    "itportrait": (ITportraitConfig, itportrait, "ITportrait: adapt a portrait generator to a reference image "
+                   "(--style-image) and a text (all options of adapt --method itportrait)."),
     "synth": (SynthConfig, synth, "3D-DST: CAD meshes -> ControlNet images with exact 3D annotations."),
     "kcf": (KcfConfig, kcf, "3D-DST K-fold consistency filter: mark images whose pose label disagrees."),
     "export-coco": (ExportCocoConfig, export_coco, "Write a 3D-DST run as COCO JSON (boxes, keypoints, pose)."),

@@ -44,12 +44,23 @@ COMPARE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the three views per gen
 
 @dataclass
 class AdaptConfig:
-    """Adapt a 3D generator to a text prompt: make-dataset -> finetune -> render, with a source vs adapted grid.
-    Give --preset or --generator, and --prompt. Numbers left at None take DATID-3D's values (or small demo
-    values with --preset tiny)."""
+    """Adapt a 3D generator to a text prompt: make-dataset -> finetune -> render, with a source vs adapted grid
+    (--method datid3d), or with CLIP losses (--method nada: text only; --method itportrait: a reference image and a
+    text). Give --preset or --generator, and --prompt. Numbers left at None take the method's published values (or
+    small demo values with --preset tiny)."""
 
     prompt: tuple[str, ...] = ()
-    """Target-domain prompt(s), e.g. 'a 3D render of a face in Pixar style'."""
+    """Target-domain prompt(s), e.g. 'a 3D render of a face in Pixar style' (nada / itportrait: exactly one)."""
+    method: Literal["datid3d", "nada", "itportrait"] = "datid3d"
+    """datid3d: diffusion-made target dataset + adversarial fine-tuning; nada: CLIP directional loss from
+    --source-text to --prompt; itportrait: --style-image + --prompt. Every nada / itportrait option:
+    adapt3d nada --help, adapt3d itportrait --help."""
+    source_text: str = "photo"
+    """nada / itportrait: what the source generator makes (the start of the CLIP text direction)."""
+    style_image: Path | None = None
+    """itportrait: the reference portrait (inverted to a latent and a camera)."""
+    steps: int | None = None
+    """nada / itportrait: optimiser steps (NADA: 301, ITportrait: 401; tiny: 6)."""
     out: Path = Path("runs/adapt")
     """Run folder holding every stage (target/, train/, render/, compare.png, adapt.json)."""
     preset: str | None = None
@@ -225,6 +236,9 @@ def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: Ada
 
 def run(cfg: AdaptConfig) -> AdaptResult:
     """Run (or resume) every stage; see the module docstring. All options are checked before any stage starts."""
+    if cfg.method != "datid3d":
+        from adapt3d.pipelines.nada import run_from_adapt
+        return run_from_adapt(cfg)  # OUT/train, OUT/render, OUT/compare.png, OUT/eval, OUT/<method>.json
     t0 = time.time()
     stages = stage_configs(cfg)
     mcfg, fcfg, rcfg = stages
