@@ -11,11 +11,15 @@ import tyro
 from adapt3d.pipelines.adapt import AdaptConfig
 from adapt3d.pipelines.adapt import run as adapt
 from adapt3d.pipelines.convert import ConvertConfig, convert
+from adapt3d.pipelines.distill import DistillConfig
+from adapt3d.pipelines.distill import run as distill
 from adapt3d.pipelines.evaluate import EvalConfig
 from adapt3d.pipelines.evaluate import run as evaluate
 from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
 from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
+from adapt3d.pipelines.generate import GenerateConfig
+from adapt3d.pipelines.generate import run as generate
 from adapt3d.pipelines.itportrait import ITportraitConfig
 from adapt3d.pipelines.itportrait import run as itportrait
 from adapt3d.pipelines.kcf import KcfConfig, kcf
@@ -38,6 +42,10 @@ COMMANDS = {
              "directional losses from several views (all options of adapt --method nada)."),
     "itportrait": (ITportraitConfig, itportrait, "ITportrait: adapt a portrait generator to a reference image "
                    "(--style-image) and a text (all options of adapt --method itportrait)."),
+    "distill": (DistillConfig, distill,
+                "DreamPortrait: distil a diffusion model into a text-conditioned 3D generator (score distillation)."),
+    "generate": (GenerateConfig, generate,
+                 "Prompt + seeds -> images, orbit video, meshes (one forward pass per sample)."),
     "synth": (SynthConfig, synth, "3D-DST: CAD meshes -> ControlNet images with exact 3D annotations."),
     "kcf": (KcfConfig, kcf, "3D-DST K-fold consistency filter: mark images whose pose label disagrees."),
     "export-coco": (ExportCocoConfig, export_coco, "Write a 3D-DST run as COCO JSON (boxes, keypoints, pose)."),
