@@ -20,6 +20,8 @@ from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
 from adapt3d.pipelines.generate import GenerateConfig
 from adapt3d.pipelines.generate import run as generate
+from adapt3d.pipelines.invert import InvertConfig
+from adapt3d.pipelines.invert import run as invert
 from adapt3d.pipelines.itportrait import ITportraitConfig
 from adapt3d.pipelines.itportrait import run as itportrait
 from adapt3d.pipelines.kcf import KcfConfig, kcf
@@ -38,6 +40,8 @@ COMMANDS = {
     "finetune": (FinetuneConfig, finetune,
                  "Fine-tune a generator adversarially on a camera-labelled EG3D dataset (DATID-3D stage 2)."),
     "adapt": (AdaptConfig, adapt, "Text-guided 3D adaptation end to end: make-dataset -> finetune -> render + compare."),
+    "invert": (InvertConfig, invert,
+               "Invert a photo into a 3D generator: latent + camera (+ PTI), reconstruction grid, video."),
     "nada": (NadaConfig, nada, "3D StyleGAN-NADA: adapt a generator from --source-text to --prompt with CLIP "
              "directional losses from several views (all options of adapt --method nada)."),
     "itportrait": (ITportraitConfig, itportrait, "ITportrait: adapt a portrait generator to a reference image "

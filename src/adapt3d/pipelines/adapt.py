@@ -105,6 +105,12 @@ class AdaptConfig:
     """Mesh format of the adapted generator's shapes."""
     mesh_resolution: int | None = None
     """Marching-cubes grid resolution (128; tiny: 64)."""
+    instance_seed: int | None = None
+    """One-shot instance-selected adaptation toward this seed's instance (see adapt3d.pipelines.instance)."""
+    instance_latent: Path | None = None
+    """One-shot instance-selected adaptation toward an inverted photo (latent.pt from adapt3d invert)."""
+    samples_per_view: int | None = None
+    """Instance mode: diffusion translations of each rendered view (default 4; tiny: 2); --num-images in all."""
     seed: int = 0
     """Seed of the dataset job and of fine-tuning."""
     device: str = "auto"
@@ -236,6 +242,9 @@ def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: Ada
 
 def run(cfg: AdaptConfig) -> AdaptResult:
     """Run (or resume) every stage; see the module docstring. All options are checked before any stage starts."""
+    if cfg.instance_seed is not None or cfg.instance_latent is not None:
+        from adapt3d.pipelines import instance  # one-shot: one instance at many cameras -> translate -> finetune
+        return instance.run(instance.config_from(cfg))
     if cfg.method != "datid3d":
         from adapt3d.pipelines.nada import run_from_adapt
         return run_from_adapt(cfg)  # OUT/train, OUT/render, OUT/compare.png, OUT/eval, OUT/<method>.json

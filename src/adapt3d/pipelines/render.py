@@ -63,6 +63,9 @@ class RenderConfig:
     mesh_level: float | None = None
     """Density (raw sigma) iso-level; None = 10 as in EG3D's shape export, falling back to the field's midpoint
     (with a note in render.json) when the field never crosses 10, as for untrained models."""
+    latent: Path | None = None
+    """latent.pt from adapt3d invert (or an adapt run's OUT/instance/latent.pt): render THAT instance instead of
+    --seeds: at its own camera, three views, input | source reconstruction | this generator, --video, --mesh."""
     batch_size: int = 4
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
@@ -121,6 +124,9 @@ def validate(cfg: RenderConfig) -> list[int]:
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
     resolve_device(cfg.device)
+    if cfg.latent is not None:
+        from adapt3d.inversion.latent_file import load_latent
+        load_latent(cfg.latent)  # a missing or foreign file fails before any model loads
     check_output_folder(cfg.out)
     return seeds
 
@@ -187,6 +193,11 @@ def render(cfg: RenderConfig) -> RenderResult:
     out = Path(cfg.out)
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.checkpoint)
     G = loaded.generator.to(device).eval().requires_grad_(False)
+    if cfg.latent is not None:  # one inverted / chosen instance instead of seeds
+        from adapt3d.inversion.render_latent import render_latent_job
+        files, notes = render_latent_job(G, cfg, loaded.source)
+        return RenderResult(out=out, seeds=[], files=files, notes=list(loaded.notes) + notes,
+                            seconds=time.time() - t0)
     result = RenderResult(out=out, seeds=seeds, notes=list(loaded.notes))
     files = result.files
     bar = lambda it, **kw: tqdm(it, disable=not cfg.progress, **kw)  # noqa: E731
