@@ -124,3 +124,18 @@ def test_console_script_and_module_entry_points():
     out = subprocess.run([sys.executable, "-m", "adapt3d", "render", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "--checkpoint" in out.stdout and "--mesh" in out.stdout
+
+
+def test_invert_then_render_latent_through_the_cli(tmp_path):
+    """adapt3d invert -> latent.pt -> adapt3d render --latent (the manipulated-reconstruction workflow)."""
+    photo = tmp_path / "photo.png"
+    assert run("render", "--preset", "tiny", "--seeds", "3", "--out", tmp_path / "src", "--no-progress") == 0
+    photo.write_bytes((tmp_path / "src" / "seed0003.png").read_bytes())
+    assert run("invert", photo, "--preset", "tiny", "--out", tmp_path / "me", "--num-steps", 4,
+               "--search-yaw-steps", 1, "--search-pitch-steps", 1, "--search-keep", 1, "--search-steps", 1,
+               "--w-avg-samples", 64, "--video", "none", "--clip-model", "none", "--loss", "mse") == 0
+    latent = torch.load(tmp_path / "me" / "latent.pt", weights_only=True)
+    assert latent["ws"].ndim == 3 and latent["camera"].shape == (1, 25)
+    assert run("render", "--preset", "tiny", "--latent", tmp_path / "me" / "latent.pt", "--out", tmp_path / "r",
+               "--no-progress") == 0
+    assert (tmp_path / "r" / "comparison.png").is_file() and (tmp_path / "r" / "latent.png").is_file()
