@@ -30,6 +30,8 @@ from adapt3d.pipelines.make_dataset import run as make_dataset
 from adapt3d.pipelines.nada import NadaConfig
 from adapt3d.pipelines.nada import run as nada
 from adapt3d.pipelines.render import RenderConfig, render
+from adapt3d.pipelines.studio import StudioConfig
+from adapt3d.pipelines.studio import run as studio
 from adapt3d.pipelines.synth import SynthConfig, synth
 
 COMMANDS = {
@@ -53,6 +55,8 @@ COMMANDS = {
     "synth": (SynthConfig, synth, "3D-DST: CAD meshes -> ControlNet images with exact 3D annotations."),
     "kcf": (KcfConfig, kcf, "3D-DST K-fold consistency filter: mark images whose pose label disagrees."),
     "export-coco": (ExportCocoConfig, export_coco, "Write a 3D-DST run as COCO JSON (boxes, keypoints, pose)."),
+    "studio": (StudioConfig, studio,
+               "Web studio: explore generators side by side, start and watch jobs, browse run folders (127.0.0.1)."),
     "eval": (EvalConfig, evaluate, "Evaluate an adapted generator vs its source and a prompt: metrics + report."),
 }
 

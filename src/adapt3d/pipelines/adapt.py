@@ -172,6 +172,12 @@ def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
     return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
 
 
+def validate(cfg: AdaptConfig) -> None:
+    """Check every option of the DATID-3D path without running anything (the studio's form check uses this)."""
+    if cfg.instance_seed is None and cfg.instance_latent is None and cfg.method == "datid3d":
+        _validate(cfg, stage_configs(cfg))
+
+
 def _dataset_done(mcfg, job) -> bool:
     folder = Path(mcfg.out)
     summary, job_file = folder / "make_dataset.json", folder / "job.json"
