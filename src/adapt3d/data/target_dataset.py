@@ -139,3 +139,8 @@ class TargetRecord:
 def read_records(folder: str | Path) -> dict[int, TargetRecord]:
     """index -> record of ``folder/manifest.jsonl`` (the last record of an index wins)."""
     return {r["index"]: TargetRecord.from_dict(r) for r in Manifest(Path(folder) / MANIFEST).read()}
+
+
+def completed_indices(folder: Path) -> set[int]:
+    """Indices of the targets whose manifest record and image file both exist (what a resumed run skips)."""
+    return {i for i, r in read_records(folder).items() if (folder / r.image).is_file()}

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import download_error, resolve_pretrained
+from adapt3d.diffusion.loading import download_error, prompt_list, resolve_pretrained
 
 __all__ = ["ControlNetGenerator", "ControlNetOutput", "check_controlnet_args", "VARIANTS", "DEFAULT_BASE",
            "DEFAULT_CONTROLNET", "DEFAULT_SDXL_BASE", "DEFAULT_SDXL_CONTROLNET"]
@@ -42,22 +42,6 @@ class ControlNetOutput:
     seeds: list[int]
     prompts: list[str] = field(default_factory=list)
     negative_prompts: list[str] | None = None
-
-
-def _strings(value, n: int, arg: str, allow_none: bool) -> list[str] | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{arg}: a prompt is required (a non-empty string or one per image)")
-    items = [value] * n if isinstance(value, str) else list(value)
-    if len(items) != n:
-        raise ValueError(f"{arg}: got {len(items)} prompts for {n} images; give one string or one per image")
-    for p in items:
-        if not isinstance(p, str):
-            raise ValueError(f"{arg}: prompts must be strings, got {type(p).__name__}")
-        if not allow_none and not p.strip():
-            raise ValueError(f"{arg}: empty prompt {p!r}")
-    return items
 
 
 def check_controlnet_args(guidance_scale: float = 9.0, num_inference_steps: int = 20, eta: float = 1.0,
@@ -173,8 +157,8 @@ class ControlNetGenerator:
         b = x.shape[0]
         if b == 0:
             raise ValueError("control_images: empty batch (B = 0)")
-        prompts = _strings(prompt, b, "prompt", allow_none=False)
-        negatives = _strings(negative_prompt, b, "negative_prompt", allow_none=True)
+        prompts = prompt_list(prompt, b, "prompt")
+        negatives = prompt_list(negative_prompt, b, "negative_prompt", allow_none=True)
         check_controlnet_args(guidance_scale, num_inference_steps, eta, controlnet_conditioning_scale, prefix="")
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != b:

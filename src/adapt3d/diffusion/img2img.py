@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import download_error, resolve_pretrained
+from adapt3d.diffusion.loading import download_error, prompt_list, resolve_pretrained
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -44,22 +44,6 @@ class Img2ImgOutput:
     """The prompt of each image."""
 
 
-def _prompt_list(prompt: str | Sequence[str] | None, n: int, arg: str, allow_none: bool = False) -> list[str] | None:
-    if prompt is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{arg}: a prompt is required (a non-empty string or a list of them)")
-    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != n:
-        raise ValueError(f"{arg}: got {len(prompts)} prompts for {n} images; give one string or one per image")
-    for p in prompts:
-        if not isinstance(p, str):
-            raise ValueError(f"{arg}: prompts must be strings, got {type(p).__name__}")
-        if not allow_none and not p.strip():
-            raise ValueError(f"{arg}: empty prompt {p!r}; describe the target domain, e.g. 'a zombie'")
-    return prompts
-
-
 def check_img2img_args(prompt: str | Sequence[str] | None = "x", strength: float = 0.7, guidance_scale: float = 8.0,
                        num_inference_steps: int = 50, scheduler: str = "pndm", negative_prompt=None,
                        prefix: str = "--") -> None:
@@ -68,7 +52,7 @@ def check_img2img_args(prompt: str | Sequence[str] | None = "x", strength: float
         prompt = [prompt]
     if prompt is None or len(prompt) == 0:
         raise ValueError(f"{prefix}prompt: a prompt is required (a non-empty string or a list of them)")
-    _prompt_list(prompt, len(prompt), f"{prefix}prompt")
+    prompt_list(prompt, len(prompt), f"{prefix}prompt")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         for p in negative_prompt:
             if not isinstance(p, str):
@@ -168,8 +152,8 @@ class Img2ImgTranslator:
         b = images.shape[0]
         if b == 0:
             raise ValueError("images: empty batch (B = 0)")
-        prompts = _prompt_list(prompt, b, "prompt")
-        negatives = _prompt_list(negative_prompt, b, "negative_prompt", allow_none=True)
+        prompts = prompt_list(prompt, b, "prompt")
+        negatives = prompt_list(negative_prompt, b, "negative_prompt", allow_none=True)
         check_img2img_args(prompts, strength, guidance_scale, num_inference_steps, prefix="")
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != b:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
 
@@ -109,3 +110,22 @@ def download_error(name: str, kind: str, flag: str, error: BaseException) -> Pre
     return PretrainedNotFoundError(f"{flag}: could not load the {what} {name!r} ({type(error).__name__}: "
                                    f"{str(error).splitlines()[0] if str(error) else ''}). To get it, "
                                    + how_to_get(name, kind, flag))
+
+
+def prompt_list(prompt: str | Sequence[str] | None, n: int, arg: str, allow_none: bool = False) -> list[str] | None:
+    """One prompt per image: a string is repeated ``n`` times; a list must have ``n`` non-empty strings.
+
+    ``arg`` names the flag in errors; ``allow_none`` lets ``None`` through (optional negative prompts)."""
+    if prompt is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{arg}: a prompt is required (a non-empty string or a list of them)")
+    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != n:
+        raise ValueError(f"{arg}: got {len(prompts)} prompts for {n} images; give one string or one per image")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise ValueError(f"{arg}: prompts must be strings, got {type(p).__name__}")
+        if not allow_none and not p.strip():
+            raise ValueError(f"{arg}: empty prompt {p!r}; describe the target domain, e.g. 'a zombie'")
+    return prompts

@@ -30,9 +30,10 @@ import torch
 
 from adapt3d.pipelines import finetune as finetune_pipeline
 from adapt3d.pipelines import make_dataset as make_dataset_pipeline
+from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, render
 from adapt3d.pipelines.render import resolve_device
-from adapt3d.training.config import FinetuneConfig, options_for_identity, validate_finetune_config
+from adapt3d.training.config import FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json
 from adapt3d.utils.parsing import parse_seeds
@@ -189,17 +190,6 @@ def _dataset_done(mcfg, job) -> bool:
     return same_job and json.loads(json.dumps(now)) == old
 
 
-def _finetune_done(fcfg: FinetuneConfig) -> bool:
-    out = Path(fcfg.out)
-    ck, opts = out / "final" / "checkpoint.json", out / "options.json"
-    if not (ck.is_file() and opts.is_file()):
-        return False
-    if json.loads(opts.read_text()).get("identity") != json.loads(json.dumps(options_for_identity(fcfg))):
-        return False
-    steps = max(1, math.ceil(fcfg.kimg * 1000 / fcfg.batch))
-    return json.loads(ck.read_text()).get("metadata", {}).get("step") == steps
-
-
 @torch.no_grad()
 def compare_grid(source, adapted, seeds: list[int], trunc: float, device: torch.device):
     """Rows of uint8 strips: for each seed, the source's and the adapted generator's views at ``COMPARE_YAWS``."""
@@ -272,7 +262,7 @@ def run(cfg: AdaptConfig) -> AdaptResult:
     barrier()
 
     t = time.time()
-    if _finetune_done(fcfg):
+    if finetune_done(fcfg):
         result.stages["finetune"] = {"skipped": "up to date"}
     else:
         trained = finetune_pipeline.run(fcfg)

@@ -12,6 +12,8 @@ checked before any training step. Multi-process: ``torchrun --nproc_per_node N -
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -170,3 +172,15 @@ def _save_reals(run_folder: RunFolder, dataset: EG3DDataset, count: int = 16) ->
     from adapt3d.export.images import make_grid, save_image
     images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])  # (n, 3, R, R) uint8
     save_image(run_folder.samples / "reals.png", make_grid(images.permute(0, 2, 3, 1).numpy()))
+
+
+def finetune_done(fcfg: FinetuneConfig) -> bool:
+    """True if ``fcfg.out`` holds a finished run of exactly these options (final/ at the last step)."""
+    out = Path(fcfg.out)
+    ck, opts = out / "final" / "checkpoint.json", out / "options.json"
+    if not (ck.is_file() and opts.is_file()):
+        return False
+    if json.loads(opts.read_text()).get("identity") != json.loads(json.dumps(options_for_identity(fcfg))):
+        return False
+    steps = max(1, math.ceil(fcfg.kimg * 1000 / fcfg.batch))
+    return json.loads(ck.read_text()).get("metadata", {}).get("step") == steps

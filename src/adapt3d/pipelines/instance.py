@@ -37,7 +37,9 @@ from typing import Literal
 
 import torch
 
+from adapt3d.data.target_dataset import completed_indices
 from adapt3d.pipelines.adapt import AdaptResult, compare_grid
+from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
 from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, resolve_device
 
@@ -264,11 +266,6 @@ def _write_instance(cfg: InstanceConfig, G, code) -> tuple[object, dict[str, str
     return own, {"instance_latent": str(folder / LATENT_PT), "instance_source": str(folder / "source.png")}
 
 
-def _completed(folder: Path) -> set[int]:
-    from adapt3d.data.target_dataset import read_records
-    return {i for i, r in read_records(folder).items() if (folder / r.image).is_file()}
-
-
 @torch.no_grad()
 def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator, scorer, device) -> int:
     """Render, translate and score every missing image of the plan into ``folder``; returns how many were made."""
@@ -285,7 +282,7 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
     plan = TargetPlan(nums["num_images"], nums["samples_per_view"], parts["prompts"], cfg.seed, cfg.batch_size)
     sampler, manifest = make_pose_sampler(cfg.pose_sampler), Manifest(folder / MANIFEST)
     pose_filter = PoseConsistencyFilter() if cfg.pose_filter else None
-    done, made = _completed(folder), 0
+    done, made = completed_indices(folder), 0
     ws_one = code.ws.to(device)
     latent_seed = cfg.instance_seed if cfg.instance_seed is not None else -1
     bar = tqdm(total=plan.num_images, initial=len(done), desc="views", unit="img", disable=not cfg.progress)
@@ -355,7 +352,7 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
     selection = {"clip_threshold": cfg.clip_threshold, "pose_filter": cfg.pose_filter}
     summary_path = folder / "instance_dataset.json"
     num_images = parts["numbers"]["num_images"]
-    complete = set(range(num_images)) <= _completed(folder)
+    complete = set(range(num_images)) <= completed_indices(folder)
     if complete and summary_path.is_file() and (folder / "dataset" / "dataset.json").is_file():
         previous = json.loads(summary_path.read_text())
         if previous.get("fingerprint") == parts["fingerprint"] and previous.get("selection") == selection:
@@ -387,18 +384,6 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
                                      "files": fin.files})
     result.stages["dataset"] = stage
     result.files.update({"dataset": fin.files.get("dataset"), "contact_sheet": fin.files.get("contact_sheet")})
-
-
-def _finetune_done(train) -> bool:
-    from adapt3d.training.config import options_for_identity
-    out = Path(train.out)
-    ck, opts = out / "final" / "checkpoint.json", out / "options.json"
-    if not (ck.is_file() and opts.is_file()):
-        return False
-    if json.loads(opts.read_text()).get("identity") != json.loads(json.dumps(options_for_identity(train))):
-        return False
-    return json.loads(ck.read_text()).get("metadata", {}).get("step") == max(1, math.ceil(train.kimg * 1000 /
-                                                                                          train.batch))
 
 
 def _render_stage(cfg: InstanceConfig, parts: dict, G_src, code, device, result: AdaptResult) -> None:
@@ -471,7 +456,7 @@ def run(cfg: InstanceConfig) -> AdaptResult:
                                  "pitch_deg": math.degrees(code.pitch - math.pi / 2)}
     _dataset_stage(cfg, parts, G, code, device, result)
     t = time.time()
-    if _finetune_done(train):
+    if finetune_done(train):
         result.stages["finetune"] = {"skipped": "up to date"}
     else:
         trained = finetune(train)

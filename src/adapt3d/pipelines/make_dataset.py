@@ -33,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.data.manifest import Manifest
-from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetRecord, image_relpath,
-                                         read_records, source_relpath)
+from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetRecord, completed_indices,
+                                         image_relpath, source_relpath)
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
 from adapt3d.diffusion.img2img import check_img2img_args
@@ -311,10 +311,6 @@ def _clean_temp_files(folder: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _completed(folder: Path) -> set[int]:
-    return {i for i, r in read_records(folder).items() if (folder / r.image).is_file()}
-
-
 def _pose_sampler(cfg: MakeDatasetConfig):
     from adapt3d.cameras import make_pose_sampler
     return make_pose_sampler(cfg.pose_sampler)
@@ -331,7 +327,7 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
         pose_filter = PoseConsistencyFilter(PoseConsistencyConfig(step=cfg.pose_step, rings=cfg.pose_rings,
                                                                   margin=cfg.pose_margin))
     _clean_temp_files(folder)
-    done = _completed(folder)
+    done = completed_indices(folder)
     mine = plan.shard_indices(*shard)
     kill_after = int(os.environ.get(KILL_HOOK, "0"))
     made = 0
@@ -458,7 +454,7 @@ def run(cfg: MakeDatasetConfig) -> MakeDatasetResult:
 def _run_locked(cfg: MakeDatasetConfig, job: _Job, out: Path, folder: Path) -> MakeDatasetResult:
     _write_job(folder, job, job.shard)
     mine = job.plan.shard_indices(*(job.shard or (0, 1)))
-    need = not set(mine) <= _completed(folder)
+    need = not set(mine) <= completed_indices(folder)
     models = load_models(cfg, job, need_generation=need)
     result = MakeDatasetResult(out=out, notes=list(models["notes"]))
     if need:
