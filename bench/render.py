@@ -12,7 +12,9 @@ seed=0)``), ``eval()``, ``requires_grad_(False)``, under ``torch.no_grad()``; ``
 ``noise_mode='const'``, deterministic depth sampling (no jitter, importance quantiles ``linspace(0, 1, K)``),
 conditioning on the frontal camera and rendering from a fixed camera (yaw +0.3, pitch -0.1 from frontal around the
 preset's pivot and radius, the preset's field of view). One warm-up forward, then ``--runs`` timed forwards of
-``mapping + synthesis``; the JSON has the median and minimum seconds per batch and renders per second.
+``mapping + synthesis``; the JSON has the median and minimum wall seconds per batch, renders per second (from the
+median), and the median process CPU seconds per batch (all threads; less sensitive than wall time to other
+processes competing for the cores, so a useful second opinion on a shared machine).
 
 FLOPs are counted once, after the timed runs, with ``torch.utils.flop_counter.FlopCounterMode`` on a batch-1
 forward of the same implementation: it counts matrix multiplications and convolutions (2 FLOPs per
@@ -177,16 +179,17 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    times = []
+    times, cpu_times = [], []
     with torch.no_grad():
         out = forward(args.batch)  # warm-up
         sync()
         for _ in range(args.runs):
             del out
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = forward(args.batch)
             sync()
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         del out
     peak = peak_rss_gb()  # before the FLOP count, so that its bookkeeping cannot show up here
     if device.type == "cuda":
@@ -213,6 +216,7 @@ def main(argv=None) -> None:
         "min_s": round(min(times), 4),
         "times_s": [round(t, 4) for t in times],
         "renders_per_s": round(renders_per_s, 4),
+        "cpu_s_median": round(statistics.median(cpu_times), 4),
         "peak_rss_gb": round(peak, 3),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -56,6 +56,22 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 
         f = torch.ones(1, 1, dtype=x.dtype, device=x.device)
     n, c, h, w = x.shape
     x0, x1, y0, y1 = _pad4(padding)
+    fh, fw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
+    if up > 1 and down == 1 and x0 - x1 == up - 1 and y0 - y1 == up - 1 and 0 <= x0 < fw and 0 <= y0 < fh:
+        # Same result without the zero-inserted intermediate: a depthwise stride-`up` transposed convolution
+        # (output index up * i + s - P for input i and tap s, with P = taps - 1 - pad_before on each axis).
+        f2 = f if f.ndim == 2 else torch.outer(f, f)
+        f2 = (f2 * (gain ** (f.ndim / 2) if f.ndim == 2 else gain)).to(x.dtype)
+        if flip_filter:
+            f2 = f2.flip([0, 1])
+        return F.conv_transpose2d(x, f2[None, None].expand(c, 1, fh, fw), stride=up,
+                                  padding=[fh - 1 - y0, fw - 1 - x0], groups=c)
+    if up == 1 and x0 == x1 >= 0 and y0 == y1 >= 0 and f.ndim == 2:  # symmetric zero padding: let conv2d pad
+        f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+        if not flip_filter:
+            f = f.flip([0, 1])
+        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), padding=[y0, x0], groups=c)
+        return x[:, :, ::down, ::down] if down > 1 else x
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
@@ -118,6 +134,27 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
         x = x * gain
     if clamp is not None and clamp >= 0:
         x = x.clamp(-clamp, clamp)
+    return x
+
+
+def _bias_act_(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", alpha: float | None = None,
+               gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
+    """``bias_act`` computed in place in ``x`` (for inference on a fresh tensor: no autograd, no extra buffers)."""
+    if b is not None:
+        x.add_(b.reshape([1, -1] + [1] * (x.ndim - 2)))
+    if act == "lrelu":
+        F.leaky_relu_(x, 0.2 if alpha is None else alpha)
+    elif act == "relu":
+        F.relu_(x)
+    elif act == "linear":
+        pass
+    else:
+        return bias_act(x, None, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    gain = ACTIVATION_GAINS[act] if gain is None else gain
+    if gain != 1:
+        x.mul_(gain)
+    if clamp is not None and clamp >= 0:
+        x.clamp_(-clamp, clamp)
     return x
 
 
@@ -202,7 +239,16 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     w = None
     dcoefs = None
-    if demodulate or fused_modconv:
+    no_grad = not torch.is_grad_enabled() or not (weight.requires_grad or styles.requires_grad)
+    if fused_modconv and demodulate and no_grad and x.dtype == torch.float32:
+        # Inference: the demodulation coefficients from per-(O, I) kernel energies (sum_i s_i^2 sum_k W^2, one
+        # small matmul), then a single pass over the weight with the combined (O, I) scale. Same maths as below.
+        energy = weight.square().sum(dim=[2, 3])  # (O, I)
+        dcoefs = (styles.square().matmul(energy.t()) + 1e-8).rsqrt()  # (N, O)
+        scale = styles.reshape(n, 1, i) * dcoefs.reshape(n, o, 1)  # (N, O, I)
+        w = weight.unsqueeze(0) * scale.reshape(n, o, i, 1, 1)
+        demodulate = False  # already applied
+    elif demodulate or fused_modconv:
         w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # (N, O, I, k, k)
     if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (N, O)
@@ -220,13 +266,18 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])  # (1, N*I, H, W)
+    if n > 1:  # (a reshape of a single sample would also reset its strides, losing a channels-last layout)
+        x = x.reshape(1, -1, *x.shape[2:])  # (1, N*I, H, W)
     w = w.reshape(-1, i, kh, kw)  # (N*O, I, k, k)
     x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=n,
                         flip_weight=flip_weight)
-    x = x.reshape(n, -1, *x.shape[2:])  # (N, O, H', W')
+    if n > 1:
+        x = x.reshape(n, -1, *x.shape[2:])  # (N, O, H', W')
     if noise is not None:
-        x = x + noise
+        if torch.is_grad_enabled() and (x.requires_grad or noise.requires_grad):
+            x = x + noise
+        else:
+            x = x.add_(noise) if noise.dtype == x.dtype else x + noise  # x is this function's fresh output
     return x
 
 

@@ -17,6 +17,29 @@ from torch import nn
 from adapt3d.models import ops
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return device_type == "cpu" and torch.is_autocast_cpu_enabled()
+
+
+def _cpu_inference(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """Float32 on CPU, no autocast, and nothing here needs a gradient: the fast inference paths may be used
+    (channels-last activations, in-place epilogues, one sample at a time). They compute the same maths; results
+    agree with the reference path to float32 rounding."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or _autocast_on("cpu"):
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, *tensors))
+
+
+def _module_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """``_cpu_inference`` for a whole module in eval mode (its parameters included)."""
+    if module.training or not _cpu_inference(x):
+        return False
+    return not torch.is_grad_enabled() or not any(p.requires_grad for p in module.parameters())
+
+
 class FullyConnectedLayer(nn.Module):
     """Linear layer with equalised learning rate: y = act(x @ (W * lr / sqrt(in)).T + b * lr)."""
 
@@ -160,6 +183,8 @@ class SynthesisLayer(nn.Module):
                                  resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                                  fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        if _cpu_inference(x, self.bias):  # x is a fresh tensor: finish in place
+            return ops._bias_act_(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
         return ops.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
 
@@ -178,6 +203,8 @@ class ToRGBLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain  # (N, I)
         x = ops.modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        if _cpu_inference(x, self.bias):
+            return ops._bias_act_(x, self.bias, clamp=self.conv_clamp)
         return ops.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 
@@ -226,8 +253,16 @@ class SynthesisBlock(nn.Module):
             fused_modconv = self.fused_modconv_default
         if fused_modconv == "inference_only":
             fused_modconv = not self.training
+        # CPU inference: channels-last activations (oneDNN's transposed and depthwise convolutions are much faster
+        # in NHWC; for one sample the modulated convolution keeps the layout).
+        fast = ws.shape[0] == 1 and fused_modconv is True and _cpu_inference(ws, x, img) and dtype == torch.float32
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last) if x is not None else None
+            img = img.contiguous(memory_format=torch.channels_last) if img is not None else None
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # (N, O, R, R)
+            if fast:
+                x = x.contiguous(memory_format=torch.channels_last)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
             x = x.to(dtype)
@@ -236,7 +271,12 @@ class SynthesisBlock(nn.Module):
         if img is not None and self.upsample:
             img = ops.upsample2d(img, self.resample_filter)  # (N, C, R, R)
         y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
-        img = img + y if img is not None else y
+        if img is None:
+            img = y
+        elif fast and self.upsample:
+            img = img.add_(y)  # img is the fresh upsampled image
+        else:
+            img = img + y
         return x, img
 
 
@@ -265,6 +305,12 @@ class SynthesisNetwork(nn.Module):
 
     def forward(self, ws: torch.Tensor, **block_kwargs) -> torch.Tensor:
         ws = ws.to(torch.float32)
+        if (ws.shape[0] > 1 and block_kwargs.get("noise_mode", "random") != "random"
+                and block_kwargs.get("fused_modconv") in (None, True, "inference_only")
+                and _module_inference(self, ws)):
+            # CPU inference: one sample at a time is faster than a grouped convolution over the batch (and its
+            # activations are a quarter of the memory at batch 4). Same outputs: every op is per sample.
+            return torch.cat([self.forward(ws[i:i + 1], **block_kwargs) for i in range(ws.shape[0])])
         x = img = None
         w_idx = 0
         for res in self.block_resolutions:
@@ -272,7 +318,7 @@ class SynthesisNetwork(nn.Module):
             cur_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)  # toRGB shares the next block's w
             w_idx += block.num_conv
             x, img = block(x, img, cur_ws, **block_kwargs)
-        return img
+        return img.contiguous()  # NCHW, also after the channels-last CPU path
 
 
 class StyleGAN2Backbone(nn.Module):

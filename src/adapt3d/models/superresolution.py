@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapt3d.models import ops
-from adapt3d.models.stylegan2 import SynthesisBlock
+from adapt3d.models.stylegan2 import SynthesisBlock, _module_inference
 
 # name -> (input divisor, block0 upsamples, block0 channels, block1 channels, resize only if smaller, filter buffer)
 SR_HEADS = {
@@ -62,6 +62,12 @@ class SuperResolution(nn.Module):
     def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor,
                 **block_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """rgb (N, 3, r, r), x (N, C, r, r), ws (N, num_ws, w_dim) -> image (N, 3, R, R) and EG3D's image_raw."""
+        if (ws.shape[0] > 1 and block_kwargs.get("noise_mode", "random") != "random"
+                and block_kwargs.get("fused_modconv") in (None, True, "inference_only")
+                and _module_inference(self, ws)):
+            # CPU inference: one sample at a time (faster than grouped convolutions, a quarter of the memory)
+            outs = [self.forward(rgb[i:i + 1], x[i:i + 1], ws[i:i + 1], **block_kwargs) for i in range(ws.shape[0])]
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         ws = ws[:, -1:, :].repeat(1, 3, 1)
         size = x.shape[-1]
         raw = rgb
@@ -74,4 +80,11 @@ class SuperResolution(nn.Module):
         if not resized and not self.block0.upsample:
             raw = rgb  # EG3D's in-place add (see module docstring)
         x, rgb = self.block1(x, rgb, ws, **block_kwargs)
-        return rgb, raw
+        return _nchw(rgb), _nchw(raw)
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """Back to the default layout after the channels-last CPU path (other tensors, e.g. views, are returned as is)."""
+    if t.is_contiguous() or not t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()

@@ -2,7 +2,10 @@
 
 The renderer holds no weights. It is given the tri-planes, a decoder (features -> colour and density), rays and a
 ``RenderingConfig``; ``stochastic`` picks jittered sampling (training) or the deterministic variant (evaluation).
-Rays can be processed in chunks to bound peak memory; results do not depend on the chunk size.
+Rays can be processed in chunks to bound peak memory; results do not depend on the chunk size. Without autograd
+(``torch.no_grad()`` or planes that need no gradient) rays are chunked by default (``INFERENCE_RAY_POINTS`` sample
+points per chunk), and on CPU a decoder that averages the planes (EG3D's OSGDecoder) gets its features from
+``sample_triplane_mean`` (one weighted gather instead of grid_sample + mean; equal to float32 rounding).
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from adapt3d.rendering.compositing import composite
+from adapt3d.rendering.compositing import composite, composite_unsorted, composite_weights
 from adapt3d.rendering.rays import ray_box_limits
 from adapt3d.rendering.sampling import importance_depths, stratified_depths
-from adapt3d.rendering.triplane import sample_triplane
+from adapt3d.rendering.triplane import sample_triplane, sample_triplane_mean, triplane_table
+
+# Without autograd, rays are rendered in chunks of about this many coarse sample points (bounds peak memory; the
+# working set per chunk is ~ 2 KB per point; measured: 2^16 to 2^22 are equally fast on CPU).
+INFERENCE_RAY_POINTS = 2 ** 17
 
 Decoder = Callable[[torch.Tensor], dict]  # features (N, 3, M, C) -> {'rgb': (N, M, C'), 'sigma': (N, M, 1)}
 
@@ -104,8 +111,16 @@ class ImportanceRenderer(nn.Module):
 
         Returns features (N, M, C') in [-1, 1], depth (N, M, 1), accumulated weight (N, M, 1).
         """
-        m = origins.shape[1]
+        n, m = origins.shape[:2]
+        needs_grad = torch.is_grad_enabled() and (planes.requires_grad or origins.requires_grad
+                                                  or directions.requires_grad)
+        if not ray_chunk and not needs_grad:  # equal chunks of at most ~INFERENCE_RAY_POINTS coarse points
+            n_chunks = -(-(n * m * cfg.depth_resolution) // INFERENCE_RAY_POINTS)
+            ray_chunk = -(-m // n_chunks)
         chunk = m if not ray_chunk or ray_chunk >= m else ray_chunk
+        table = None
+        if not needs_grad and planes.device.type == "cpu" and _averages_planes(decoder):
+            table = triplane_table(planes)  # rows for sample_triplane_mean, built once for all chunks and passes
         starts, ends = _ray_limits(origins, directions, cfg)
         outs = []
         for i in range(0, m, chunk):
@@ -113,7 +128,7 @@ class ImportanceRenderer(nn.Module):
             rs = starts[:, s] if isinstance(starts, torch.Tensor) else starts
             re = ends[:, s] if isinstance(ends, torch.Tensor) else ends
             outs.append(self._render_rays(planes, decoder, origins[:, s], directions[:, s], rs, re, cfg,
-                                          stochastic))
+                                          stochastic, table))
         rgb = torch.cat([o[0] for o in outs], 1)
         depth = torch.cat([o[1] for o in outs], 1)
         weight = torch.cat([o[2] for o in outs], 1)
@@ -121,15 +136,24 @@ class ImportanceRenderer(nn.Module):
         depth = depth.clamp(min(o[3] for o in outs), max(o[4] for o in outs))
         return rgb, depth, weight
 
-    def _render_rays(self, planes, decoder, origins, directions, ray_start, ray_end, cfg, stochastic):
+    def _render_rays(self, planes, decoder, origins, directions, ray_start, ray_end, cfg, stochastic, table=None):
         n, m, _ = origins.shape
         depths = stratified_depths(n, m, ray_start, ray_end, cfg.depth_resolution, stochastic,
                                    cfg.disparity_space_sampling, device=origins.device)  # (N, M, D, 1)
-        colors, densities = self._query(planes, decoder, origins, directions, depths, cfg)
+        colors, densities = self._query(planes, decoder, origins, directions, depths, cfg, table)
+        if cfg.depth_resolution_importance > 0 and not torch.is_grad_enabled():
+            # inference: coarse weights only, and the final composite without sorting/concatenating the colours
+            weights = composite_weights(densities, depths, cfg.clamp_mode)
+            fine = importance_depths(depths, weights, cfg.depth_resolution_importance, stochastic)  # (N, M, K, 1)
+            colors_f, densities_f = self._query(planes, decoder, origins, directions, fine, cfg, table)
+            rgb, depth, weight, depths = composite_unsorted(
+                [colors, colors_f], torch.cat([densities, densities_f], -2), torch.cat([depths, fine], -2),
+                cfg.white_back, cfg.clamp_mode)
+            return rgb, depth, weight, float(depths.min()), float(depths.max())
         if cfg.depth_resolution_importance > 0:
             _, _, weights = composite(colors, densities, depths, cfg.white_back, cfg.clamp_mode)
             fine = importance_depths(depths, weights, cfg.depth_resolution_importance, stochastic)  # (N, M, K, 1)
-            colors_f, densities_f = self._query(planes, decoder, origins, directions, fine, cfg)
+            colors_f, densities_f = self._query(planes, decoder, origins, directions, fine, cfg, table)
             depths = torch.cat([depths, fine], -2)
             colors = torch.cat([colors, colors_f], -2)
             densities = torch.cat([densities, densities_f], -2)
@@ -140,11 +164,23 @@ class ImportanceRenderer(nn.Module):
         return rgb, depth, weights.sum(2), float(depths.min()), float(depths.max())
 
     @staticmethod
-    def _query(planes, decoder, origins, directions, depths, cfg):
+    def _query(planes, decoder, origins, directions, depths, cfg, table=None):
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(n, m * s, 3)
-        out = decoder(sample_triplane(planes, points, cfg.box_warp))
+        if table is not None:  # the decoder averages the planes: hand it the mean as a single plane (N, 1, M, C)
+            out = decoder(sample_triplane_mean(planes, points, cfg.box_warp, table=table).unsqueeze(1))
+        else:
+            out = decoder(sample_triplane(planes, points, cfg.box_warp))
         sigma = out["sigma"]
         if cfg.density_noise > 0:
             sigma = sigma + torch.randn_like(sigma) * cfg.density_noise
         return out["rgb"].reshape(n, m, s, -1), sigma.reshape(n, m, s, 1)
+
+
+def _averages_planes(decoder) -> bool:
+    """Whether ``decoder`` only uses the mean of the plane features (so it may be given that mean directly)."""
+    if getattr(decoder, "averages_planes", False):
+        return True
+    from adapt3d.models.triplane import OSGDecoder  # local import: adapt3d.models.triplane imports this module
+
+    return getattr(type(decoder), "forward", None) is OSGDecoder.forward
