@@ -2,7 +2,7 @@
 
 The renderer holds no weights. It is given the tri-planes, a decoder (features -> colour and density), rays and a
 ``RenderingConfig``; ``stochastic`` picks jittered sampling (training) or the deterministic variant (evaluation).
-Rays can be processed in chunks to bound peak memory; results do not depend on the chunk size. Without autograd
+Rays can be processed in chunks to bound peak memory; results do not depend on the chunk size beyond float rounding (~1e-7). Without autograd
 (``torch.no_grad()`` or planes that need no gradient) rays are chunked by default (``INFERENCE_RAY_POINTS`` sample
 points per chunk), and on CPU a decoder that averages the planes (EG3D's OSGDecoder) gets its features from
 ``sample_triplane_mean`` (one weighted gather instead of grid_sample + mean; equal to float32 rounding).
