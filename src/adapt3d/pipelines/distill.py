@@ -50,26 +50,6 @@ def resolve_models(cfg: DistillConfig) -> tuple[str, str | None]:
     return diffusion, None if clip == "none" else clip
 
 
-def _resume_point(cfg: DistillConfig, run: RunFolder, identity: dict) -> Path | None:
-    existing, latest = run.read_options(), run.latest_snapshot()
-    if existing is not None and existing.get("identity") != identity:
-        old = existing.get("identity") or {}
-        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        raise ValueError(f"--out: {run.out} holds a run with other options (differences: {', '.join(diff)}); use a "
-                         "new --out, or the same options to resume it")
-    if cfg.resume == "auto":
-        return latest
-    if cfg.resume == "never":
-        if existing is not None or latest is not None:
-            raise ValueError(f"--resume never: {run.out} already holds a run; use another --out or --resume auto")
-        return None
-    snap = Path(cfg.resume).expanduser()
-    if not (snap / "training_state.pt").is_file():
-        raise ValueError(f"--resume: {snap} is not a snapshot folder (expected 'auto', 'never' or "
-                         "runs/<run>/snapshots/snapshot-XXXXXX)")
-    return snap
-
-
 def _slug(i: int) -> str:
     return f"prompt{i:02d}"
 
@@ -128,7 +108,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     out = check_writable_folder(Path(cfg.out))
     run_folder = RunFolder(out, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
-    resume_from = _resume_point(cfg, run_folder, identity)
+    resume_from = run_folder.resume_point(cfg.resume, identity)
     diffusion, clip_name = resolve_models(cfg)
     if cfg.diversity_features == "clip" and clip_name is None:
         raise ValueError("--diversity-features clip needs a CLIP model; pass --clip-model or --diversity-features "

@@ -82,27 +82,6 @@ def prepare_dataset(cfg: FinetuneConfig, G: TriPlaneGenerator) -> tuple[EG3DData
     return ds, notes
 
 
-def _resume_point(cfg: FinetuneConfig, run: RunFolder, identity: dict) -> Path | None:
-    existing = run.read_options()
-    latest = run.latest_snapshot()
-    if existing is not None and existing.get("identity") != identity:
-        old = existing.get("identity") or {}
-        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        raise ValueError(f"--out: {run.out} holds a run with other options (differences: {', '.join(diff)}); "
-                         "use a new --out, or the same options to resume it")
-    if cfg.resume == "auto":
-        return latest
-    if cfg.resume == "never":
-        if existing is not None or latest is not None:
-            raise ValueError(f"--resume never: {run.out} already holds a run; use another --out or --resume auto")
-        return None
-    snap = Path(cfg.resume).expanduser()
-    if not snap.is_dir():
-        raise ValueError(f"--resume: {snap} is not a snapshot folder (expected 'auto', 'never' or "
-                         "runs/<run>/snapshots/snapshot-XXXXXX)")
-    return snap
-
-
 def _components(cfg: FinetuneConfig, info, batch_gpu: int):
     """Load G (rank 0 first: a named checkpoint is downloaded once), D and the checked dataset."""
     if not info.is_main:
@@ -142,7 +121,7 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
     EG3DDataset(cfg.dataset)  # format, emptiness, missing files: before loading a (possibly large) generator
     run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
     identity = options_for_identity(cfg)
-    resume_from = _resume_point(cfg, run_folder, identity)  # read by every rank before rank 0 writes below
+    resume_from = run_folder.resume_point(cfg.resume, identity)  # read by every rank before rank 0 writes below
     info, device = init_distributed(device)
     G, D, dataset, source, notes = _components(cfg, info, batch_gpu)
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:

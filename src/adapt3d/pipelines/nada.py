@@ -94,27 +94,6 @@ def preflight(cfg: ClipAdaptConfig) -> torch.device:
     return device
 
 
-def resume_point(cfg: ClipAdaptConfig, run: RunFolder, identity: dict) -> Path | None:
-    existing = run.read_options()
-    if existing is not None and existing.get("identity") != identity:
-        old = existing.get("identity") or {}
-        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        raise ValueError(f"--out: {run.out} holds a run with other options (differences: {', '.join(diff)}); use a "
-                         "new --out, or the same options to resume it")
-    latest = run.latest_snapshot()
-    if cfg.resume == "auto":
-        return latest
-    if cfg.resume == "never":
-        if existing is not None or latest is not None:
-            raise ValueError(f"--resume never: {run.out} already holds a run; use another --out or --resume auto")
-        return None
-    snap = Path(cfg.resume).expanduser()
-    if not snap.is_dir():
-        raise ValueError(f"--resume: {snap} is not a snapshot folder (expected 'auto', 'never' or "
-                         "<out>/train/snapshots/snapshot-XXXXXX)")
-    return snap
-
-
 def _training_done(run: RunFolder, identity: dict, steps: int) -> bool:
     ck, opts = run.final / "checkpoint.json", run.read_options()
     if not ck.is_file() or opts is None or opts.get("identity") != identity:
@@ -137,7 +116,7 @@ def train_stage(cfg: ClipAdaptConfig, device: torch.device, make_trainer: Callab
     if _training_done(run_folder, identity, steps):
         result.stages["train"] = {"skipped": "up to date"}
         return run_folder.final
-    resume_from = resume_point(cfg, run_folder, identity)
+    resume_from = run_folder.resume_point(cfg.resume, identity)
     if resume_from is not None and (resume_from / "checkpoint.json").is_file():
         done = json.loads((resume_from / "checkpoint.json").read_text()).get("metadata", {}).get("step", 0)
         if done > steps:

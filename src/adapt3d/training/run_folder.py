@@ -150,6 +150,29 @@ class RunFolder:
         snaps = self.snapshots()
         return snaps[-1][1] if snaps else None
 
+    def resume_point(self, resume: str, identity: dict) -> Path | None:
+        """Where a run with options ``identity`` continues: ``resume`` is 'auto' (the latest snapshot, if any),
+        'never' (the folder must hold no run) or a snapshot folder. A folder holding a run with other options is
+        refused, naming the options that differ."""
+        existing, latest = self.read_options(), self.latest_snapshot()
+        if existing is not None and existing.get("identity") != identity:
+            old = existing.get("identity") or {}
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise ValueError(f"--out: {self.out} holds a run with other options (differences: {', '.join(diff)}); "
+                             "use a new --out, or the same options to resume it")
+        if resume == "auto":
+            return latest
+        if resume == "never":
+            if existing is not None or latest is not None:
+                raise ValueError(f"--resume never: {self.out} already holds a run; use another --out or "
+                                 "--resume auto")
+            return None
+        snap = Path(resume).expanduser()
+        if not (snap / "training_state.pt").is_file():
+            raise ValueError(f"--resume: {snap} is not a snapshot folder (expected 'auto', 'never' or "
+                             "<run>/snapshots/snapshot-XXXXXX)")
+        return snap
+
     def save_snapshot(self, step: int, G_ema: torch.nn.Module, D: torch.nn.Module, state: dict,
                       metadata: dict) -> Path:
         """Write snapshot ``step`` (checkpoint of G_ema and D + training_state.pt) atomically."""
