@@ -36,6 +36,12 @@ class OSGDecoder(nn.Module):
             FullyConnectedLayer(hidden_dim, 1 + output_dim, lr_multiplier=lr_multiplier),
         )
 
+    @property
+    def averages_planes(self) -> bool:
+        """True when ``forward`` only uses the mean over planes, so the renderer may pass that mean directly
+        (as (N, 1, M, C)); False for subclasses that override ``forward``."""
+        return type(self).forward is OSGDecoder.forward
+
     def forward(self, sampled_features: torch.Tensor, ray_directions: torch.Tensor | None = None) -> dict:
         """sampled_features (N, 3, M, C) -> {'rgb': (N, M, 32) in [-0.001, 1.001], 'sigma': (N, M, 1) raw}."""
         x = sampled_features.mean(1)  # (N, M, C)

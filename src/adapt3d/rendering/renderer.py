@@ -178,9 +178,5 @@ class ImportanceRenderer(nn.Module):
 
 
 def _averages_planes(decoder) -> bool:
-    """Whether ``decoder`` only uses the mean of the plane features (so it may be given that mean directly)."""
-    if getattr(decoder, "averages_planes", False):
-        return True
-    from adapt3d.models.triplane import OSGDecoder  # local import: adapt3d.models.triplane imports this module
-
-    return getattr(type(decoder), "forward", None) is OSGDecoder.forward
+    """Whether ``decoder`` declares it only uses the mean of the plane features (``averages_planes``)."""
+    return bool(getattr(decoder, "averages_planes", False))
