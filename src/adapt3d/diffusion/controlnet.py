@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import download_error, prompt_list, resolve_pretrained
+from adapt3d.diffusion.loading import PipelineProperties, download_error, prompt_list, resolve_pretrained
 
 __all__ = ["ControlNetGenerator", "ControlNetOutput", "check_controlnet_args", "VARIANTS", "DEFAULT_BASE",
            "DEFAULT_CONTROLNET", "DEFAULT_SDXL_BASE", "DEFAULT_SDXL_CONTROLNET"]
@@ -73,7 +73,7 @@ def _detect_variant(name: str) -> str:
     return "sdxl" if "text_encoder_2" in config or "XL" in str(config.get("_class_name", "")) else "sd"
 
 
-class ControlNetGenerator:
+class ControlNetGenerator(PipelineProperties):
     """Generate images from control images with a diffusers ControlNet pipeline (passed in, or
     :meth:`from_pretrained`)."""
 
@@ -125,19 +125,6 @@ class ControlNetGenerator:
         if scheduler == "ddim":
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1)
         return cls(pipe, device=dev, source={"base": str(base), "controlnet": str(controlnet), "variant": kind})
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
-
-    @property
-    def resolution(self) -> int:
-        """Native image size in pixels (UNet sample size x VAE factor: 512 for SD 1.5, 1024 for SDXL)."""
-        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
     def __call__(self, control_images: torch.Tensor, prompt: str | Sequence[str],
                  negative_prompt: str | Sequence[str] | None = None, guidance_scale: float = 9.0,

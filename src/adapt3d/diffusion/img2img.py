@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import download_error, prompt_list, resolve_pretrained
+from adapt3d.diffusion.loading import PipelineProperties, download_error, prompt_list, resolve_pretrained
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -83,7 +83,7 @@ def _set_scheduler(pipe, scheduler: str) -> None:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1)
 
 
-class Img2ImgTranslator:
+class Img2ImgTranslator(PipelineProperties):
     """Translate generator renders with a ``StableDiffusionImg2ImgPipeline`` (components passed in, or
     :meth:`from_pretrained`)."""
 
@@ -121,19 +121,6 @@ class Img2ImgTranslator:
             raise download_error(str(model_id_or_path), "stable-diffusion", flag, e) from e
         _set_scheduler(pipe, scheduler)
         return cls(pipe, device=dev, source=str(model_id_or_path))
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
-
-    @property
-    def resolution(self) -> int:
-        """The model's native image size in pixels (UNet sample size x VAE factor; 512 for SD 2.1-base)."""
-        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
     def __call__(self, images: torch.Tensor, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] |
                  None = None, strength: float = 0.7, guidance_scale: float = 8.0, num_inference_steps: int = 50,

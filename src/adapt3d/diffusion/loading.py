@@ -129,3 +129,21 @@ def prompt_list(prompt: str | Sequence[str] | None, n: int, arg: str, allow_none
         if not allow_none and not p.strip():
             raise ValueError(f"{arg}: empty prompt {p!r}; describe the target domain, e.g. 'a zombie'")
     return prompts
+
+
+class PipelineProperties:
+    """Read-only facts of a wrapped diffusers pipeline ``self.pipe`` shared by our wrappers."""
+
+    @property
+    def device(self):
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self):
+        return self.pipe.unet.dtype
+
+    @property
+    def resolution(self) -> int:
+        """The model's native image size in pixels: UNet sample size x VAE factor (512 for SD 1.5/2.1-base, 1024
+        for SDXL)."""
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)

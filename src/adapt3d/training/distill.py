@@ -44,7 +44,7 @@ from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_
 from adapt3d.training.freeze import freeze_prefixes
 from adapt3d.training.loop import TrainingDiverged, derive_seed
 from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
-from adapt3d.utils.io import atomic_path
+from adapt3d.utils.io import atomic_path, replace_folder
 from adapt3d.utils.parsing import parse_seeds
 
 __all__ = ["DistillTrainer", "DistillOutput", "make_training_pose_sampler"]
@@ -77,16 +77,6 @@ def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float
     if name == "sinusoidal":
         return make_pose_sampler("sinusoidal", yaw_range=yaw_spread, pitch_range=pitch_spread)
     raise ValueError(f"--pose-sampler: {name!r} is not one of gaussian, uniform, sinusoidal")
-
-
-def _replace_folder(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 class DistillTrainer:
@@ -337,7 +327,7 @@ class DistillTrainer:
         if with_state:
             with atomic_path(tmp / TRAINING_STATE) as t:
                 torch.save({"format": STATE_FORMAT, "version": 1, **self.training_state()}, t)
-        _replace_folder(tmp, dest)
+        replace_folder(tmp, dest)
         return dest
 
     def snapshot(self) -> Path | None:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from adapt3d.models.checkpoint import save_checkpoint
-from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, replace_folder
 
 __all__ = ["RunFolder", "TRAINING_STATE", "check_writable_folder"]
 
@@ -49,17 +49,6 @@ def check_writable_folder(out: Path, arg: str = "--out") -> Path:
     except OSError as e:
         raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
     return out
-
-
-def _replace_folder(tmp: Path, dest: Path) -> None:
-    """Move the finished folder ``tmp`` onto ``dest`` (an old ``dest`` is removed first)."""
-    if dest.exists():
-        old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 class RunFolder:
@@ -184,7 +173,7 @@ class RunFolder:
         save_checkpoint(tmp, G_ema, D, metadata=metadata)
         with atomic_path(tmp / TRAINING_STATE) as t:
             torch.save({"format": STATE_FORMAT, "version": 1, **state}, t)
-        _replace_folder(tmp, dest)
+        replace_folder(tmp, dest)
         return dest
 
     def save_final(self, G_ema: torch.nn.Module, D: torch.nn.Module, metadata: dict) -> Path:
@@ -192,7 +181,7 @@ class RunFolder:
             tmp = self.out / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             save_checkpoint(tmp, G_ema, D, metadata=metadata)
-            _replace_folder(tmp, self.final)
+            replace_folder(tmp, self.final)
         return self.final
 
 
