@@ -59,6 +59,7 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 from adapt3d.cameras import camera_label, frontal_label  # noqa: E402
+from adapt3d.models.ops import CONV3X3_ALGORITHMS, conv3x3_algorithm, set_conv3x3_algorithm  # noqa: E402
 from adapt3d.models.triplane import build_generator, preset_config  # noqa: E402
 
 
@@ -71,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--neural-res", type=int, default=None, help="neural rendering resolution (preset's default)")
     p.add_argument("--ray-chunk", type=int, default=None, help="adapt3d only: rays per renderer chunk")
     p.add_argument("--impl", choices=["adapt3d", "official"], default="adapt3d")
+    p.add_argument("--conv3x3", choices=list(CONV3X3_ALGORITHMS), default="auto",
+                   help="adapt3d only: 3x3 convolution algorithm on the CPU (auto = Winograd for large layers)")
     p.add_argument("--official-root", default=None, help="the eg3d/ folder of an NVlabs/eg3d checkout")
     p.add_argument("--peak-gflops", type=float, default=190.0, help="the machine's fp32 peak, GFLOP/s")
     p.add_argument("--flops", choices=["count", "skip"], default="count")
@@ -83,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--batch and --runs must be >= 1")
     if args.impl == "official" and not args.official_root:
         p.error("--impl official needs --official-root (the eg3d/ folder of an NVlabs/eg3d checkout)")
+    if args.impl == "official" and args.conv3x3 != "auto":
+        p.error("--conv3x3 applies to --impl adapt3d only")
     if args.impl == "official" and args.ray_chunk:
         p.error("--ray-chunk applies to --impl adapt3d only (the official renderer does not chunk rays)")
     return args
@@ -150,6 +155,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    set_conv3x3_algorithm(args.conv3x3)
     cfg = preset_config(args.preset)
     res = args.neural_res or cfg.neural_rendering_resolution
     cfg.neural_rendering_resolution = res
@@ -199,14 +205,24 @@ def main(argv=None) -> None:
     if args.flops == "count":
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # Nominal FLOPs (direct convolutions), the same work definition for both implementations; Winograd layers
+        # execute fewer multiply-adds, so their `pct_of_peak` is an effective rate and can exceed the dense one.
+        with torch.no_grad(), conv3x3_algorithm("direct"), FlopCounterMode(display=False) as counter:
             forward(1)
         gflop = counter.get_total_flops() / 1e9
+    if args.impl == "adapt3d" and args.conv3x3 != "direct":
+        with torch.no_grad():
+            fast = forward(1)
+            with conv3x3_algorithm("direct"):
+                exact = forward(1)
+        extra["max_abs_diff_vs_direct"] = {k: float((fast[k] - exact[k]).abs().max())
+                                           for k in ("image", "image_raw", "image_depth")}
 
     median = statistics.median(times)
     renders_per_s = args.batch / median
     result = {
         "impl": args.impl,
+        "conv3x3": args.conv3x3 if args.impl == "adapt3d" else None,
         "preset": args.preset,
         "batch": args.batch,
         "neural_res": res,
