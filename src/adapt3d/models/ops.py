@@ -11,8 +11,8 @@ and CUDA, in float32 or under autocast, and are differentiable.
 - ``conv2d_resample``: a 2D convolution fused with FIR up/down-sampling.
 - ``modulated_conv2d``: StyleGAN2's style-modulated (and optionally demodulated) convolution.
 - ``conv3x3_algorithm``: which algorithm inference-time 3x3 modulated convolutions use on the CPU ("auto": Winograd
-  F(6x6, 3x3) for large layers, see ``adapt3d.models.winograd``; "direct": always ``F.conv2d``, bit-exact with the
-  official reference paths).
+  F(6x6, 3x3) for large layers, see ``adapt3d.models.winograd``; "direct": always ``F.conv2d``, as the official
+  implementation).
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
 CONV3X3_ALGORITHMS = ("auto", "direct", "winograd")
 _conv3x3 = {"algorithm": os.environ.get("ADAPT3D_CONV3X3", "auto")}  # the environment variable sets the default
 # "auto" uses Winograd where it measured faster than oneDNN's direct convolution on a 2-core AVX-512 CPU
-# (bench/winograd.py: 1.2-1.7x for 128-512 channels at 64^2-512^2 pixels; slower below 64^2 or 128 channels).
+# (bench/winograd.py: 1.2-2.0x for 128-512 channels at 64^2-512^2 pixels; slower below 64^2 or 128 channels).
 _AUTO_MIN_CHANNELS = 128
 _AUTO_MIN_PIXELS = 64 * 64
 
@@ -240,12 +240,11 @@ def set_conv3x3_algorithm(algorithm: str) -> str:
     """Choose how inference-time (no autograd) float32 3x3 modulated convolutions run on the CPU; returns the old one.
 
     The default comes from the environment variable ``ADAPT3D_CONV3X3`` (else "auto"), so any command can be run
-    with ``ADAPT3D_CONV3X3=direct`` for results bit-identical to the reference convolutions.
+    with ``ADAPT3D_CONV3X3=direct`` to compute every convolution as the official implementation does.
 
     "auto" (default): Winograd F(6x6, 3x3) for layers with >= 128 input channels and >= 64 x 64 pixels, direct
-    convolution otherwise; "direct": always ``F.conv2d`` (bit-exact with the official implementation's reference
-    paths); "winograd": Winograd for every eligible layer whatever its size (for tests). Outputs of the two
-    algorithms differ by rounding only (about 1e-5 of the activations' scale per layer). Training (autograd),
+    convolution otherwise; "direct": always ``F.conv2d``; "winograd": Winograd for every eligible layer whatever its size (for tests). Outputs of the two
+    algorithms differ by rounding only (a few 1e-5 of the activations' scale per layer). Training (autograd),
     CUDA, other dtypes and resampling convolutions always use ``F.conv2d``.
     """
     if algorithm not in CONV3X3_ALGORITHMS:
