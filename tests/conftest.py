@@ -15,6 +15,15 @@ def shared_dir() -> Path:
 FIXTURES = shared_dir() / "fixtures" / "eg3d"
 
 
+def pytest_configure(config):
+    # Before any fixture: module- and session-scoped fixtures (e.g. a training run shared by a test module) must
+    # run with the same thread count and offline settings as the tests that compare against them (a different
+    # thread count changes float rounding).
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["ADAPT3D_OFFLINE"] = "1"
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_and_offline(monkeypatch):
     torch.set_num_threads(1)

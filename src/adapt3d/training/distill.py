@@ -115,7 +115,9 @@ class DistillTrainer:
         self.opt_G = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-8)
         if source is None:
             source = self.model.base if not base_params else copy.deepcopy(self.model.base)
-        self.source = source.to(self.device).eval().requires_grad_(False)
+        self.source = source.to(self.device).requires_grad_(False)
+        if self.source is not self.model.base:  # the default source *is* the base: it trains in train mode
+            self.source.eval()
         self.opt_D = None
         if self.D is not None:
             d_lr, d_betas = losses.lazy_regularization_scaling(cfg.d_lr, (0.0, 0.99),
@@ -199,6 +201,9 @@ class DistillTrainer:
 
     def train_step(self) -> dict:
         cfg, b = self.cfg, self.cfg.batch
+        # Every step in train mode, whatever ran before it (eval renders, callbacks, a resume): the mode picks the
+        # modulated convolutions' code path (fused or not), whose rounding differs.
+        self.model.train()
         gen = self._rng("G")
         z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
         poses, c = self._cameras(b, gen)
