@@ -185,3 +185,42 @@ def test_environment_variable_sets_the_default_and_is_validated():
     env["ADAPT3D_CONV3X3"] = "fastest"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "ADAPT3D_CONV3X3" in bad.stderr and "'fastest'" in bad.stderr
+
+
+@pytest.mark.parametrize("noise_kind", ["none", "const", "per_sample"])
+@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+def test_epilogue_in_blocks_equals_epilogue_afterwards(noise_kind, algorithm):
+    # The Winograd path runs noise + bias + lrelu + gain + clamp on each block of rows while it is in cache; the
+    # result must be bit-identical to running them on the whole output afterwards.
+    gen = torch.Generator().manual_seed(4)
+    n, i, o, h = 2, 16, 12, 20
+    x = torch.randn(n, i, h, h, generator=gen)
+    weight = torch.randn(o, i, 3, 3, generator=gen)
+    styles = torch.randn(n, i, generator=gen) + 1
+    bias = torch.randn(o, generator=gen)
+    noise = {"none": None, "const": torch.randn(h, h, generator=gen) * 0.3,
+             "per_sample": torch.randn(n, 1, h, h, generator=gen) * 0.3}[noise_kind]
+
+    def epilogue(y):
+        return ops._bias_act_(y, bias, act="lrelu", gain=1.5, clamp=0.8)
+
+    with torch.no_grad(), ops.conv3x3_algorithm(algorithm):
+        fused = ops.modulated_conv2d(x, weight, styles, noise=noise, padding=1, epilogue=epilogue)
+        plain = epilogue(ops.modulated_conv2d(x, weight, styles, noise=noise, padding=1))
+    assert torch.equal(fused, plain)
+    assert fused.abs().max() <= 0.8 and (fused < 0).any() and (fused > 0).any()  # clamp and lrelu really ran
+    with pytest.raises(ValueError, match="epilogue"):
+        ops.modulated_conv2d(x, weight.requires_grad_(True), styles, padding=1, epilogue=epilogue)
+
+
+def test_winograd_epilogue_sees_every_row_block_once():
+    x = torch.randn(2, 4, 25, 9)
+    weight = torch.randn(3, 4, 3, 3)
+    seen = []
+    y = conv3x3_winograd(x, weight, epilogue=lambda blk, s, h0, h1: seen.append((s, h0, h1, tuple(blk.shape))))
+    rows = {s: sorted((h0, h1) for t, h0, h1, _ in seen if t == s) for s in range(2)}
+    for s in range(2):
+        covered = [r for h0, h1 in rows[s] for r in range(h0, h1)]
+        assert covered == list(range(25))  # every row exactly once, in order
+    assert all(shape == (1, 3, h1 - h0, 9) for _, h0, h1, shape in seen)
+    assert y.shape == (2, 3, 25, 9)

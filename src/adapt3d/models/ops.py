@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -284,14 +284,27 @@ def _use_winograd(x: torch.Tensor, kh: int, kw: int, up: int, padding: int) -> b
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None = None,
                      up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
-                     demodulate: bool = True, flip_weight: bool = True, fused_modconv: bool = True) -> torch.Tensor:
+                     demodulate: bool = True, flip_weight: bool = True, fused_modconv: bool = True,
+                     epilogue: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """StyleGAN2's modulated convolution.
 
     x: (N, I, H, W); weight: (O, I, k, k); styles: (N, I); noise broadcastable to the output. The weight is scaled
     per sample by ``styles``; with ``demodulate`` each output channel is rescaled to unit norm
     (rsqrt(sum w'^2 + 1e-8)). ``fused_modconv`` runs it as one grouped convolution (per-sample weights); otherwise
     the activations are scaled before and after a shared-weight convolution (same maths, cheaper backward).
+    ``epilogue`` (inference only) is an elementwise in-place function applied to the output after the noise: the
+    Winograd path applies it to each block of rows while the block is in cache, the others to the whole output.
     """
+    if epilogue is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, styles)):
+        raise ValueError("modulated_conv2d: epilogue works in place and is for inference (no autograd) only")
+    x, done = _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, demodulate, flip_weight,
+                                fused_modconv, epilogue)
+    return x if done or epilogue is None else epilogue(x)
+
+
+def _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, demodulate, flip_weight,
+                      fused_modconv, epilogue) -> tuple[torch.Tensor, bool]:
+    """``modulated_conv2d``; also returns whether ``epilogue`` was already applied."""
     n = x.shape[0]
     o, i, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:  # pre-normalise to avoid fp16 overflow (as the official GPU path)
@@ -318,20 +331,32 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
                             flip_weight=flip_weight)
         if demodulate and noise is not None:
-            return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
+            return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1)), False
         if demodulate:
-            return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+            return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1), False
         if noise is not None:
-            return x + noise.to(x.dtype)
-        return x
+            return x + noise.to(x.dtype), False
+        return x, False
 
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
     if _use_winograd(x, kh, kw, up, padding) and not (w.requires_grad or x.requires_grad):
-        x = conv3x3_winograd(x, w if flip_weight else w.flip([3, 4]))  # (N, O, H, W), channels-last
-        if noise is not None:
-            x = x.add_(noise) if noise.dtype == x.dtype else x + noise
-        return x
+        w = w if flip_weight else w.flip([3, 4])
+        if noise is None and epilogue is None:
+            return conv3x3_winograd(x, w), False  # (N, O, H, W), channels-last
+        if noise is not None and (noise.dtype != x.dtype or noise.ndim < 2):
+            return conv3x3_winograd(x, w) + noise, False
+
+        def finish(y: torch.Tensor, s: int, h0: int, h1: int) -> None:  # (1, O, rows, W) block, in place
+            if noise is not None:
+                nz = noise[s:s + 1] if noise.ndim == 4 and noise.shape[0] > 1 else noise
+                y.add_(nz[..., h0:h1, :])
+            if epilogue is not None:
+                r = epilogue(y)
+                if r is not None and r is not y:  # not in place after all: keep its result
+                    y.copy_(r)
+
+        return conv3x3_winograd(x, w, epilogue=finish), True
     if n > 1:  # (a reshape of a single sample would also reset its strides, losing a channels-last layout)
         x = x.reshape(1, -1, *x.shape[2:])  # (1, N*I, H, W)
     w = w.reshape(-1, i, kh, kw)  # (N*O, I, k, k)
@@ -344,7 +369,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             x = x + noise
         else:
             x = x.add_(noise) if noise.dtype == x.dtype else x + noise  # x is this function's fresh output
-    return x
+    return x, False
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

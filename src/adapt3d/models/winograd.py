@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
+from typing import Callable
 
 import torch
 
@@ -116,12 +117,18 @@ def transform_weight(weight: torch.Tensor, tile: int = 6) -> torch.Tensor:
     return u.reshape(*weight.shape[:-4], n * n, weight.shape[-3], weight.shape[-4])
 
 
-def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, tile: int = 6) -> torch.Tensor:
+def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, tile: int = 6,
+                     epilogue: Callable[[torch.Tensor, int, int, int], None] | None = None) -> torch.Tensor:
     """'Same' 3x3 correlation (``F.conv2d(x, weight, padding=1)``) by Winograd F(tile x tile, 3 x 3).
 
     x: (N, C, H, W) float32; weight: (O, C, 3, 3) shared by the batch, or (N, O, C, 3, 3) per sample (StyleGAN2's
     modulated weights). Returns (N, O, H, W) in channels-last memory format. Every sample goes through the same
     sequence of operations, so a sample's output does not depend on the rest of its batch. No autograd.
+
+    ``epilogue(y, sample, row0, row1)``, if given, is called on every finished block of output rows while it is
+    still in cache, with ``y`` the (1, O, row1 - row0, W) view of ``output[sample:sample + 1, :, row0:row1]``; it
+    must work in place (noise, bias, activation, clamping of a StyleGAN2 layer), elementwise, so the result equals
+    applying it to the whole output afterwards, bit for bit.
     """
     if x.ndim != 4 or weight.shape[-2:] != (3, 3) or weight.ndim not in (4, 5):
         raise ValueError(f"expected x (N, C, H, W) and weight (O, C, 3, 3) or (N, O, C, 3, 3), got "
@@ -157,4 +164,6 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, tile: int = 6) -> to
             y = y.permute(2, 0, 3, 1, 4).reshape(nr * m, tw * m, o)
             h0, h1 = m * r0, min(h, m * (r0 + nr))
             out[s, h0:h1] = y[: h1 - h0, :w]
+            if epilogue is not None:
+                epilogue(out[s:s + 1, h0:h1].permute(0, 3, 1, 2), s, h0, h1)
     return out.permute(0, 3, 1, 2)
