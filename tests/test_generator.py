@@ -139,6 +139,8 @@ def test_osg_decoder_by_hand():
     y = h @ (fc2.weight / math.sqrt(5)).T + fc2.bias
     assert torch.allclose(out["sigma"], y[..., :1], atol=1e-6)
     assert torch.allclose(out["rgb"], torch.sigmoid(y[..., 1:]) * 1.002 - 0.001, atol=1e-6)
+    with torch.no_grad():  # the in-place inference path computes the same values bit for bit
+        assert torch.equal(dec(feats)["rgb"], out["rgb"].detach())
     with torch.no_grad():  # saturate: the widened sigmoid spans exactly [-0.001, 1.001]
         fc2.bias.copy_(torch.tensor([0.0, 1e4, -1e4, 0.0]))
         rgb = dec(feats)["rgb"]

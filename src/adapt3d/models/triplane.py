@@ -47,7 +47,8 @@ class OSGDecoder(nn.Module):
         x = sampled_features.mean(1)  # (N, M, C)
         n, m, c = x.shape
         x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
-        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # MipNeRF-style widened sigmoid
+        rgb = torch.sigmoid(x[..., 1:])  # widened to [-0.001, 1.001] as MipNeRF (in place without autograd)
+        rgb = rgb * (1 + 2 * 0.001) - 0.001 if torch.is_grad_enabled() else rgb.mul_(1 + 2 * 0.001).sub_(0.001)
         return {"rgb": rgb, "sigma": x[..., 0:1]}
 
 
