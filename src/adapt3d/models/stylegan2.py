@@ -181,16 +181,13 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         act = dict(act=self.activation, gain=self.act_gain * gain, clamp=clamp)
-        if _cpu_inference(x, self.bias, self.weight, styles, noise):
-            # The output is a fresh tensor: finish in place (block by block in the Winograd path, while in cache).
-            return ops.modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                                        resample_filter=self.resample_filter, flip_weight=(self.up == 1),
-                                        fused_modconv=fused_modconv,
-                                        epilogue=lambda y: ops._bias_act_(y, self.bias, **act))
+        # Inference: the output is a fresh tensor, finished in place (block by block in the Winograd path).
+        in_place = _cpu_inference(x, self.bias, self.weight, styles, noise)
         x = ops.modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                                  resample_filter=self.resample_filter, flip_weight=(self.up == 1),
-                                 fused_modconv=fused_modconv)
-        return ops.bias_act(x, self.bias.to(x.dtype), **act)
+                                 fused_modconv=fused_modconv,
+                                 epilogue=(lambda y: ops._bias_act_(y, self.bias, **act)) if in_place else None)
+        return x if in_place else ops.bias_act(x, self.bias.to(x.dtype), **act)
 
 
 class ToRGBLayer(nn.Module):
