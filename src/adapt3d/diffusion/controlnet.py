@@ -147,18 +147,13 @@ class ControlNetGenerator(PipelineProperties):
         prompts = prompt_list(prompt, b, "prompt")
         negatives = prompt_list(negative_prompt, b, "negative_prompt", allow_none=True)
         check_controlnet_args(guidance_scale, num_inference_steps, eta, controlnet_conditioning_scale, prefix="")
-        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != b:
-            raise ValueError(f"seeds: got {len(seeds)} seeds for {b} images; give one per image")
-        res = int(resolution or self.resolution)
-        if res % int(self.pipe.vae_scale_factor):
-            raise ValueError(f"resolution: {res} must be a multiple of the VAE factor {self.pipe.vae_scale_factor}")
+        seeds = self.batch_seeds(seeds, b)
+        res = self.generation_resolution(resolution)
         out_hw = (output_size, output_size) if output_size else tuple(x.shape[-2:])
         x = x.detach().float().clamp(0, 1)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        x = self.resize_square(x, res)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         result = self.pipe(prompt=prompts, image=x.to(self.device, self.dtype), negative_prompt=negatives,
                            height=res, width=res, guidance_scale=float(guidance_scale),

@@ -142,17 +142,12 @@ class Img2ImgTranslator(PipelineProperties):
         prompts = prompt_list(prompt, b, "prompt")
         negatives = prompt_list(negative_prompt, b, "negative_prompt", allow_none=True)
         check_img2img_args(prompts, strength, guidance_scale, num_inference_steps, prefix="")
-        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != b:
-            raise ValueError(f"seeds: got {len(seeds)} seeds for {b} images; give one per image")
-        res = resolution or self.resolution
-        if res % self.pipe.vae_scale_factor:
-            raise ValueError(f"resolution: {res} must be a multiple of the VAE factor {self.pipe.vae_scale_factor}")
+        seeds = self.batch_seeds(seeds, b)
+        res = self.generation_resolution(resolution)
         out_hw = (output_size, output_size) if output_size else tuple(images.shape[-2:])
 
         x = (images.detach().float().clamp(-1, 1) + 1) / 2  # (B, 3, H, W) in [0, 1], what diffusers expects
-        if tuple(x.shape[-2:]) != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        x = self.resize_square(x, res)
         # CPU generators: the same seed gives the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         result = self.pipe(prompt=prompts, image=x.to(self.device, self.dtype), negative_prompt=negatives,

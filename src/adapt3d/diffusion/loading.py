@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 __all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
 
 TINY_NAME = "tiny"
@@ -147,3 +149,25 @@ class PipelineProperties:
         """The model's native image size in pixels: UNet sample size x VAE factor (512 for SD 1.5/2.1-base, 1024
         for SDXL)."""
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    def batch_seeds(self, seeds: Sequence[int] | None, n: int) -> list[int]:
+        """One generator seed per image (default 0..n-1); the error names ``seeds``."""
+        out = list(range(n)) if seeds is None else [int(v) for v in seeds]
+        if len(out) != n:
+            raise ValueError(f"seeds: got {len(out)} seeds for {n} images; give one per image")
+        return out
+
+    def generation_resolution(self, resolution: int | None) -> int:
+        """``resolution`` (default :attr:`resolution`), checked to be a multiple of the VAE factor."""
+        res = int(resolution or self.resolution)
+        if res % int(self.pipe.vae_scale_factor):
+            raise ValueError(f"resolution: {res} must be a multiple of the VAE factor {self.pipe.vae_scale_factor}")
+        return res
+
+    @staticmethod
+    def resize_square(x, res: int):
+        """(B, C, H, W) in [0, 1] -> (B, C, res, res), bilinear with antialiasing (unchanged if already that size)."""
+        if tuple(x.shape[-2:]) == (res, res):
+            return x
+        return torch.nn.functional.interpolate(x, size=(res, res), mode="bilinear", align_corners=False,
+                                               antialias=True).clamp(0, 1)
