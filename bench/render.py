@@ -59,6 +59,7 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 from adapt3d.cameras import camera_label, frontal_label  # noqa: E402
+from adapt3d.models.cpu_kernels import kernel_status  # noqa: E402
 from adapt3d.models.ops import CONV3X3_ALGORITHMS, conv3x3_algorithm, set_conv3x3_algorithm  # noqa: E402
 from adapt3d.models.triplane import build_generator, preset_config  # noqa: E402
 
@@ -74,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--impl", choices=["adapt3d", "official"], default="adapt3d")
     p.add_argument("--conv3x3", choices=list(CONV3X3_ALGORITHMS), default="auto",
                    help="adapt3d only: 3x3 convolution algorithm on the CPU (auto = Winograd for large layers)")
+    p.add_argument("--cpu-kernels", choices=["auto", "off"], default=None,
+                   help="adapt3d only: compiled Winograd transforms (sets ADAPT3D_CPU_KERNELS; default: the env's)")
     p.add_argument("--official-root", default=None, help="the eg3d/ folder of an NVlabs/eg3d checkout")
     p.add_argument("--peak-gflops", type=float, default=190.0, help="the machine's fp32 peak, GFLOP/s")
     p.add_argument("--flops", choices=["count", "skip"], default="count")
@@ -156,6 +159,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     set_conv3x3_algorithm(args.conv3x3)
+    if args.cpu_kernels:
+        os.environ["ADAPT3D_CPU_KERNELS"] = args.cpu_kernels
     cfg = preset_config(args.preset)
     res = args.neural_res or cfg.neural_rendering_resolution
     cfg.neural_rendering_resolution = res
@@ -223,6 +228,7 @@ def main(argv=None) -> None:
     result = {
         "impl": args.impl,
         "conv3x3": args.conv3x3 if args.impl == "adapt3d" else None,
+        "cpu_kernels": kernel_status() if args.impl == "adapt3d" else None,
         "preset": args.preset,
         "batch": args.batch,
         "neural_res": res,

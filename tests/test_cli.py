@@ -27,6 +27,7 @@ def test_render_tiny_end_to_end(tmp_path):
     summary = json.loads((out / "render.json").read_text())
     assert summary["seeds"] == [0, 1, 2, 3]
     assert summary["conv3x3_algorithm"] in ("auto", "direct", "winograd")
+    assert summary["cpu_kernels"].startswith(("compiled", "not built yet", "pytorch ("))
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == (128, 128, 3)  # 2 x 2 tiles of 64 px
     for s in range(4):

@@ -13,6 +13,9 @@ and CUDA, in float32 or under autocast, and are differentiable.
 - ``conv3x3_algorithm``: which algorithm inference-time 3x3 modulated convolutions use on the CPU ("auto": Winograd
   F(6x6, 3x3) for large layers, see ``adapt3d.models.winograd``; "direct": always ``F.conv2d``, as the official
   implementation).
+
+Inference on the CPU caches what depends on a layer's weight alone (``_derived``: the demodulation energies, the
+Winograd-domain kernel), per weight tensor, recomputed after any change to it (in-place update or new storage).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import weakref
 from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .winograd import conv3x3_winograd
+from .cpu_kernels import winograd_kernels
+from .winograd import TransformedWeight, conv3x3_winograd
 
 ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2), "sigmoid": 1.0, "tanh": 1.0,
                     "softplus": 1.0}
@@ -243,7 +248,8 @@ def set_conv3x3_algorithm(algorithm: str) -> str:
     with ``ADAPT3D_CONV3X3=direct`` to compute every convolution as the official implementation does.
 
     "auto" (default): Winograd F(6x6, 3x3) for layers with >= 128 input channels and >= 64 x 64 pixels, direct
-    convolution otherwise; "direct": always ``F.conv2d``; "winograd": Winograd for every eligible layer whatever its size (for tests). Outputs of the two
+    convolution otherwise; "direct": always ``F.conv2d``; "winograd": Winograd for every eligible layer whatever its
+    size (for tests). Outputs of the two
     algorithms differ by rounding only (a few 1e-5 of the activations' scale per layer). Training (autograd),
     CUDA, other dtypes and resampling convolutions always use ``F.conv2d``.
     """
@@ -267,6 +273,35 @@ def conv3x3_algorithm(algorithm: str) -> Iterator[None]:
         yield
     finally:
         set_conv3x3_algorithm(old)
+
+
+_DERIVED: dict[int, tuple[weakref.ref, dict]] = {}  # id(weight) -> (weak reference, cached values)
+
+
+def _derived(weight: torch.Tensor, name: str, fn: Callable[[torch.Tensor], object]):
+    """``fn(weight)`` computed without autograd and cached per weight tensor until the tensor changes (its version
+    counter, storage, shape, dtype or device); the cache entry goes away with the tensor. Inference only."""
+    stamp = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.dtype, weight.device)
+    key = id(weight)
+    held = _DERIVED.get(key)
+    if held is None or held[0]() is not weight:  # new tensor (or a dead one's id reused)
+        held = (weakref.ref(weight), {"stamp": stamp})
+        _DERIVED[key] = held
+        weakref.finalize(weight, _forget_derived, key, held[0])
+    entry = held[1]
+    if entry["stamp"] != stamp:
+        entry.clear()
+        entry["stamp"] = stamp
+    if name not in entry:
+        with torch.no_grad():
+            entry[name] = fn(weight.detach())
+    return entry[name]
+
+
+def _forget_derived(key: int, ref: weakref.ref) -> None:
+    held = _DERIVED.get(key)
+    if held is not None and held[0] is ref:
+        del _DERIVED[key]
 
 
 def _use_winograd(x: torch.Tensor, kh: int, kw: int, up: int, padding: int) -> bool:
@@ -316,9 +351,16 @@ def _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, de
     no_grad = not torch.is_grad_enabled() or not (weight.requires_grad or styles.requires_grad)
     if fused_modconv and demodulate and no_grad and x.dtype == torch.float32:
         # Inference: the demodulation coefficients from per-(O, I) kernel energies (sum_i s_i^2 sum_k W^2, one
-        # small matmul), then a single pass over the weight with the combined (O, I) scale. Same maths as below.
-        energy = weight.square().sum(dim=[2, 3])  # (O, I)
+        # small matmul; the energies cached per weight), then a single pass over the weight with the combined
+        # (O, I) scale. Same maths as below.
+        energy = _derived(weight, "energy", lambda wt: wt.square().sum(dim=[2, 3]))  # (O, I)
         dcoefs = (styles.square().matmul(energy.t()) + 1e-8).rsqrt()  # (N, O)
+        if (flip_weight and x.device.type == "cpu" and not x.requires_grad and _use_winograd(x, kh, kw, up, padding)
+                and winograd_kernels() is not None):
+            # Compiled Winograd: the cached Winograd-domain kernel, styles and demodulation applied as channel
+            # scales inside the tile transforms (no per-sample weights at all).
+            tw = _derived(weight, "winograd", TransformedWeight)
+            return _winograd_with_epilogue(x, tw, noise, epilogue, in_scale=styles, out_scale=dcoefs)
         scale = styles.reshape(n, 1, i) * dcoefs.reshape(n, o, 1)  # (N, O, I)
         w = weight.unsqueeze(0) * scale.reshape(n, o, i, 1, 1)
         demodulate = False  # already applied
@@ -341,22 +383,7 @@ def _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, de
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
     if _use_winograd(x, kh, kw, up, padding) and not (w.requires_grad or x.requires_grad):
-        w = w if flip_weight else w.flip([3, 4])
-        if noise is None and epilogue is None:
-            return conv3x3_winograd(x, w), False  # (N, O, H, W), channels-last
-        if noise is not None and (noise.dtype != x.dtype or noise.ndim < 2):
-            return conv3x3_winograd(x, w) + noise, False
-
-        def finish(y: torch.Tensor, s: int, h0: int, h1: int) -> None:  # (1, O, rows, W) block, in place
-            if noise is not None:
-                nz = noise[s:s + 1] if noise.ndim == 4 and noise.shape[0] > 1 else noise
-                y.add_(nz[..., h0:h1, :])
-            if epilogue is not None:
-                r = epilogue(y)
-                if r is not None and r is not y:  # not in place after all: keep its result
-                    y.copy_(r)
-
-        return conv3x3_winograd(x, w, epilogue=finish), True
+        return _winograd_with_epilogue(x, w if flip_weight else w.flip([3, 4]), noise, epilogue)
     if n > 1:  # (a reshape of a single sample would also reset its strides, losing a channels-last layout)
         x = x.reshape(1, -1, *x.shape[2:])  # (1, N*I, H, W)
     w = w.reshape(-1, i, kh, kw)  # (N*O, I, k, k)
@@ -370,6 +397,26 @@ def _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, de
         else:
             x = x.add_(noise) if noise.dtype == x.dtype else x + noise  # x is this function's fresh output
     return x, False
+
+
+def _winograd_with_epilogue(x, weight, noise, epilogue, in_scale=None, out_scale=None) -> tuple[torch.Tensor, bool]:
+    """``conv3x3_winograd`` + noise + ``epilogue`` on each finished block of rows; returns (output, epilogue done)."""
+    kw = dict(in_scale=in_scale, out_scale=out_scale)
+    if noise is None and epilogue is None:
+        return conv3x3_winograd(x, weight, **kw), False  # (N, O, H, W), channels-last
+    if noise is not None and (noise.dtype != x.dtype or noise.ndim < 2):
+        return conv3x3_winograd(x, weight, **kw) + noise, False
+
+    def finish(y: torch.Tensor, s: int, h0: int, h1: int) -> None:  # (1, O, rows, W) block, in place
+        if noise is not None:
+            nz = noise[s:s + 1] if noise.ndim == 4 and noise.shape[0] > 1 else noise
+            y.add_(nz[..., h0:h1, :])
+        if epilogue is not None:
+            r = epilogue(y)
+            if r is not None and r is not y:  # not in place after all: keep its result
+                y.copy_(r)
+
+    return conv3x3_winograd(x, weight, epilogue=finish, **kw), True
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

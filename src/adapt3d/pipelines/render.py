@@ -25,6 +25,7 @@ from adapt3d.cameras import camera_label, frontal_label, orbit_trajectory, yaw_s
 from adapt3d.export.images import depth_to_image, make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.video import write_video
+from adapt3d.models.cpu_kernels import kernel_status
 from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.utils.io import atomic_write_json
@@ -250,6 +251,7 @@ def render(cfg: RenderConfig) -> RenderResult:
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                "generator": loaded.source, "seeds": seeds, "files": files, "notes": result.notes,
                "seconds": round(result.seconds, 3),
-               "conv3x3_algorithm": current_conv3x3_algorithm() if device.type == "cpu" else "direct"}
+               "conv3x3_algorithm": current_conv3x3_algorithm() if device.type == "cpu" else "direct",
+               "cpu_kernels": kernel_status() if device.type == "cpu" else "unused"}
     atomic_write_json(out / "render.json", summary)
     return result
