@@ -43,12 +43,10 @@ def test_input_transform_equals_the_reference(ext, h, w, c):
     _, _, bt = winograd_matrices(6)
     tw, th = math.ceil(w / 6), math.ceil(h / 6)
     for r0, nr in [(0, th), (th - 1, 1)]:
-        v = ext.input_transform(x, r0, nr, tw, bt.float(), True)
+        v = ext.input_transform(x, r0, nr, tw, bt.float())
         assert v.shape == (64, nr * tw, c) and v.stride() == (c, 64 * c, 1)  # tile-major storage
         ref = _reference_input_transform(x.double(), r0, nr, tw)
         assert torch.allclose(v.double(), ref, atol=1e-5 * ref.abs().max().item())
-        pos_major = ext.input_transform(x, r0, nr, tw, bt.float(), False)
-        assert pos_major.is_contiguous() and torch.equal(pos_major, v)
 
 
 def test_output_transform_crops_and_writes_nothing_outside(ext):
@@ -68,13 +66,13 @@ def test_output_transform_crops_and_writes_nothing_outside(ext):
 def test_kernels_refuse_bad_arguments(ext):
     bt = winograd_matrices(6)[2].float()
     with pytest.raises(RuntimeError, match="float32"):
-        ext.input_transform(torch.zeros(6, 6, 4, dtype=torch.float64), 0, 1, 1, bt, True)
+        ext.input_transform(torch.zeros(6, 6, 4, dtype=torch.float64), 0, 1, 1, bt)
     with pytest.raises(RuntimeError, match="unit channel stride"):
-        ext.input_transform(torch.zeros(4, 6, 6).permute(1, 2, 0).contiguous().transpose(0, 2), 0, 1, 1, bt, True)
+        ext.input_transform(torch.zeros(4, 6, 6).permute(1, 2, 0).contiguous().transpose(0, 2), 0, 1, 1, bt)
     with pytest.raises(RuntimeError, match="tile range"):
-        ext.input_transform(torch.zeros(6, 6, 4), 1, 1, 1, bt, True)  # tile row 1 starts below the image
+        ext.input_transform(torch.zeros(6, 6, 4), 1, 1, 1, bt)  # tile row 1 starts below the image
     with pytest.raises(RuntimeError, match="BT"):
-        ext.input_transform(torch.zeros(6, 6, 4), 0, 1, 1, bt[:6], True)
+        ext.input_transform(torch.zeros(6, 6, 4), 0, 1, 1, bt[:6])
 
 
 @pytest.mark.parametrize("shape", [(2, 20, 13, 17, 24), (1, 16, 200, 190, 8)])  # the second: grouped-conv GEMM

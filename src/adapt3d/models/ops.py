@@ -355,7 +355,7 @@ def _modulated_conv2d(x, weight, styles, noise, up, padding, resample_filter, de
         # (O, I) scale. Same maths as below.
         energy = _derived(weight, "energy", lambda wt: wt.square().sum(dim=[2, 3]))  # (O, I)
         dcoefs = (styles.square().matmul(energy.t()) + 1e-8).rsqrt()  # (N, O)
-        if (flip_weight and x.device.type == "cpu" and not x.requires_grad and _use_winograd(x, kh, kw, up, padding)
+        if (flip_weight and not x.requires_grad and _use_winograd(x, kh, kw, up, padding)
                 and winograd_kernels() is not None):
             # Compiled Winograd: the cached Winograd-domain kernel, styles and demodulation applied as channel
             # scales inside the tile transforms (no per-sample weights at all).

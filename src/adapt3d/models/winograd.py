@@ -264,7 +264,7 @@ def _winograd_compiled(ext, x, u, per_sample, epilogue, in_scale=None, out_scale
         for r0 in range(0, th, rows_per_chunk):
             nr = min(rows_per_chunk, th - r0)
             t = nr * tw
-            v = ext.input_transform(xs, r0, nr, tw, bt, True, si)  # (64, T, C), stored tile-major (T, 64, C)
+            v = ext.input_transform(xs, r0, nr, tw, bt, si)  # (64, T, C), stored tile-major (T, 64, C)
             if grouped:
                 vin = v.permute(1, 0, 2).reshape(1, t, 1, 64 * c).permute(0, 3, 1, 2)  # (1, 64*C, T, 1) NHWC
                 prod = F.conv2d(vin, wg, groups=64).permute(0, 2, 3, 1).reshape(t, 64, o).permute(1, 0, 2)

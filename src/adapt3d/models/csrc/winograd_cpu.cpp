@@ -165,18 +165,16 @@ void check_matrix(const torch::Tensor& m, int64_t rows, const char* name) {
 
 // x: (H, W, C) float32 with unit channel stride (one channels-last sample); scale: None or (C,). Returns
 // (64, n_rows * tiles_w, C): the transformed tiles of tile rows [tile_row0, tile_row0 + n_rows), stored tile-major
-// (strides (C, 64 C, 1)) or position-major (contiguous).
+// (strides (C, 64 C, 1)): per tile, 64 x C contiguous values, i.e. NHWC for the grouped 1x1 convolution.
 torch::Tensor input_transform(const torch::Tensor& x, int64_t tile_row0, int64_t n_rows, int64_t tiles_w,
-                              const torch::Tensor& bt, bool tile_major,
-                              const std::optional<torch::Tensor>& scale) {
+                              const torch::Tensor& bt, const std::optional<torch::Tensor>& scale) {
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32 && x.stride(2) == 1 && x.device().is_cpu(),
               "x must be a CPU float32 (H, W, C) tensor with unit channel stride");
   check_matrix(bt, kN, "BT");
   TORCH_CHECK(n_rows > 0 && tiles_w > 0 && tile_row0 >= 0 && tiles_w * kM >= x.size(1) &&
               (tile_row0 + n_rows - 1) * kM < x.size(0), "tile range does not match the input");
   const int64_t C = x.size(2), T = n_rows * tiles_w;
-  auto v = tile_major ? torch::empty({T, kN * kN, C}, x.options()).permute({1, 0, 2})
-                      : torch::empty({kN * kN, T, C}, x.options());
+  auto v = torch::empty({T, kN * kN, C}, x.options()).permute({1, 0, 2});
   const SparseRows s(bt.data_ptr<float>(), kN);
   input_transform_impl(x.data_ptr<float>(), x.size(0), x.size(1), x.stride(0), x.stride(1), C, tile_row0, n_rows,
                        tiles_w, s, scale_ptr(scale, C, "scale"), v.data_ptr<float>(), v.stride(0), v.stride(1));
@@ -207,7 +205,7 @@ void output_transform(const torch::Tensor& prod, const torch::Tensor& at, torch:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("input_transform", &input_transform, "Winograd F(6x6,3x3): gather + input transform of a chunk of tile rows",
         py::arg("x"), py::arg("tile_row0"), py::arg("n_rows"), py::arg("tiles_w"), py::arg("bt"),
-        py::arg("tile_major") = true, py::arg("scale") = py::none());
+        py::arg("scale") = py::none());
   m.def("output_transform", &output_transform, "Winograd F(6x6,3x3): output transform + crop into channels-last out",
         py::arg("prod"), py::arg("at"), py::arg("out"), py::arg("tile_row0"), py::arg("tiles_w"),
         py::arg("scale") = py::none());
