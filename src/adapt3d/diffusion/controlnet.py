@@ -16,23 +16,47 @@ Defaults are 3D-DST's: DDIM, 20 steps, eta 1.0, guidance 9.0, control scale 1.0 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import PipelineProperties, download_error, prompt_list, resolve_pretrained
+from adapt3d.diffusion.loading import PipelineProperties, prompt_list
+from adapt3d.diffusion.options import DiffusionOptions, apply_to_pipeline
+from adapt3d.diffusion.sources import (ModelSource, check_controlnet_pair, load_controlnet, load_pipeline,
+                                       require_family, resolve_model)
 
 __all__ = ["ControlNetGenerator", "ControlNetOutput", "check_controlnet_args", "VARIANTS", "DEFAULT_BASE",
-           "DEFAULT_CONTROLNET", "DEFAULT_SDXL_BASE", "DEFAULT_SDXL_CONTROLNET"]
+           "DEFAULT_CONTROLNET", "DEFAULT_SDXL_BASE", "DEFAULT_SDXL_CONTROLNET", "CONTROLNET_FAMILIES",
+           "resolve_controlnet_pair"]
 
 VARIANTS = ("auto", "sd", "sdxl")
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"
 DEFAULT_SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_SDXL_CONTROLNET = "diffusers/controlnet-canny-sdxl-1.0"
+CONTROLNET_FAMILIES = ("sd", "sdxl")
+"""Base-model families the ControlNet generator supports (see :mod:`adapt3d.diffusion.sources`)."""
+
+
+def resolve_controlnet_pair(base: str, controlnet: str, options: DiffusionOptions | None = None,
+                            variant: str = "auto", base_flag: str = "--diffusion",
+                            controlnet_flag: str = "--controlnet",
+                            controlnet_config: str | None = None) -> tuple[ModelSource, ModelSource]:
+    """(ControlNet source, base source), checked to fit each other and ``variant``, before any weight loads."""
+    options = options or DiffusionOptions()
+    cn_source = resolve_model(controlnet, "controlnet", controlnet_flag, config=controlnet_config,
+                              config_flag="--controlnet-config", variant=options.weights_variant)
+    base_source = resolve_model(base, "stable-diffusion", base_flag, config=options.diffusion_config,
+                                variant=options.weights_variant)
+    require_family(base_source, CONTROLNET_FAMILIES, "ControlNet generation")
+    if variant != "auto" and base_source.family in CONTROLNET_FAMILIES and base_source.family != variant:
+        raise ValueError(f"--variant {variant}: {base_flag} {base!r} is "
+                         f"{'Stable Diffusion XL' if base_source.family == 'sdxl' else 'Stable Diffusion 1.x/2.x'}; "
+                         "leave --variant at auto")
+    check_controlnet_pair(base_source, cn_source)
+    return cn_source, base_source
 
 
 @dataclass
@@ -62,17 +86,6 @@ def check_controlnet_args(guidance_scale: float = 9.0, num_inference_steps: int 
         raise ValueError(f"{prefix}variant: {variant!r} is not one of {VARIANTS}")
 
 
-def _detect_variant(name: str) -> str:
-    """'sdxl' when the base checkpoint has a second text encoder (model_index.json), else 'sd'."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        config = DiffusionPipeline.load_config(name)
-    except OSError:
-        return "sd"
-    return "sdxl" if "text_encoder_2" in config or "XL" in str(config.get("_class_name", "")) else "sd"
-
-
 class ControlNetGenerator(PipelineProperties):
     """Generate images from control images with a diffusers ControlNet pipeline (passed in, or
     :meth:`from_pretrained`)."""
@@ -84,47 +97,54 @@ class ControlNetGenerator(PipelineProperties):
         pipe.set_progress_bar_config(disable=True)
         self.source = source or {}
         self.is_sdxl = hasattr(pipe, "text_encoder_2")
+        self.notes: list[str] = []
 
     @classmethod
     def from_pretrained(cls, base: str = DEFAULT_BASE, controlnet: str = DEFAULT_CONTROLNET, *,
                         variant: Literal["auto", "sd", "sdxl"] = "auto", device: torch.device | str | None = None,
                         torch_dtype: torch.dtype | None = None, scheduler: Literal["ddim", "keep"] = "ddim",
-                        base_flag: str = "--diffusion", controlnet_flag: str = "--controlnet") -> ControlNetGenerator:
-        """Load a base checkpoint and a ControlNet (Hugging Face ids, local folders or ``'tiny'``).
+                        base_flag: str = "--diffusion", controlnet_flag: str = "--controlnet",
+                        options: DiffusionOptions | None = None,
+                        controlnet_config: str | None = None) -> ControlNetGenerator:
+        """Load a base model and a ControlNet (Hugging Face ids, local folders, ``'tiny'``, or single original-layout
+        files with ``options.diffusion_config`` / ``controlnet_config``).
 
-        ``variant='auto'`` picks the SDXL pipeline when the base has ``text_encoder_2``. ``scheduler='ddim'``
-        (3D-DST) replaces the checkpoint's scheduler by DDIM with the same betas; ``'keep'`` keeps it. Missing
-        weights raise :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the flag and the model.
+        ``variant='auto'`` picks the SDXL pipeline when the base is SDXL (read from its files). A base and a
+        ControlNet of different architectures are refused before loading. ``scheduler='ddim'`` (3D-DST) replaces
+        the checkpoint's scheduler by DDIM with the same betas; ``'keep'`` keeps it. ``options``: precision, weight
+        variant, memory options (:mod:`adapt3d.diffusion.options`); ``torch_dtype`` overrides ``options.dtype``.
+        Missing weights raise :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the flag and model.
         """
         check_controlnet_args(variant=variant, prefix="")
         if scheduler not in ("ddim", "keep"):
             raise ValueError(f"scheduler: {scheduler!r} is not one of ('ddim', 'keep')")
-        cn_name = resolve_pretrained(controlnet, "controlnet", controlnet_flag)
-        base_name = resolve_pretrained(base, "stable-diffusion", base_flag)
+        options = options or DiffusionOptions()
+        cn_source, base_source = resolve_controlnet_pair(base, controlnet, options, variant, base_flag,
+                                                         controlnet_flag, controlnet_config)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        from diffusers import (ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
-                               StableDiffusionXLControlNetPipeline)
+        dtype = torch_dtype or options.torch_dtype(dev)
+        from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 
-        kind = _detect_variant(base_name) if variant == "auto" else variant
-        with warnings.catch_warnings():  # diffusers 0.42 renamed torch_dtype to dtype
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            try:
-                cn = ControlNetModel.from_pretrained(cn_name, torch_dtype=dtype)
-            except OSError as e:
-                raise download_error(str(controlnet), "controlnet", controlnet_flag, e) from e
-            pipeline_cls = StableDiffusionXLControlNetPipeline if kind == "sdxl" else StableDiffusionControlNetPipeline
-            extra = {} if kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-            try:
-                pipe = pipeline_cls.from_pretrained(base_name, controlnet=cn, torch_dtype=dtype, **extra)
-            except OSError as e:
-                raise download_error(str(base), "stable-diffusion", base_flag, e) from e
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{base_flag}: {base!r} does not fit the {kind} ControlNet pipeline with "
-                                 f"{controlnet_flag} {controlnet!r} ({e}); check --variant") from e
+        kind = base_source.family if variant == "auto" and base_source.family in ("sd", "sdxl") else \
+            ("sd" if variant == "auto" else variant)
+        cn = load_controlnet(cn_source, dtype)
+        pipeline_cls = StableDiffusionXLControlNetPipeline if kind == "sdxl" else StableDiffusionControlNetPipeline
+        extra = {} if kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            pipe = load_pipeline(pipeline_cls, base_source, dtype, controlnet=cn, **extra)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{base_flag}: {base!r} does not fit the {kind} ControlNet pipeline with "
+                             f"{controlnet_flag} {controlnet!r} ({e}); check --variant") from e
         if scheduler == "ddim":
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1)
-        return cls(pipe, device=dev, source={"base": str(base), "controlnet": str(controlnet), "variant": kind})
+        record = {"base": str(base), "controlnet": str(controlnet), "variant": kind,
+                  "dtype": str(dtype).removeprefix("torch.")}
+        record.update({k: v for k, v in (("weights_variant", options.weights_variant),
+                                         ("diffusion_config", options.diffusion_config),
+                                         ("controlnet_config", controlnet_config)) if v is not None})
+        generator = cls(pipe, device=None, source=record)
+        generator.notes = apply_to_pipeline(pipe, options, dev)
+        return generator
 
     def __call__(self, control_images: torch.Tensor, prompt: str | Sequence[str],
                  negative_prompt: str | Sequence[str] | None = None, guidance_scale: float = 9.0,

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.pipelines import finetune as finetune_pipeline
 from adapt3d.pipelines import make_dataset as make_dataset_pipeline
 from adapt3d.pipelines.finetune import finetune_done
@@ -79,7 +80,8 @@ class AdaptConfig:
     num_inference_steps: int | None = None
     """Diffusion steps (DATID-3D: 50; tiny: 10)."""
     diffusion: str = "auto"
-    """img2img model: Hugging Face id, local folder, or 'tiny' (auto: tiny with --preset tiny, else SD 2.1-base)."""
+    """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt, or 'tiny'
+    (auto: tiny with --preset tiny, else SD 2.1-base)."""
     clip_model: str = "auto"
     """CLIP model for scores and filters, or 'none'."""
     clip_threshold: float | None = None
@@ -117,6 +119,8 @@ class AdaptConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """datid3d: precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 @dataclass
@@ -144,7 +148,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
         num_inference_steps=_pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
-        device=cfg.device, progress=cfg.progress)
+        device=cfg.device, progress=cfg.progress, diffusion_options=cfg.diffusion_options)
     kimg = _pick(cfg.kimg, 200.0, 0.2, tiny)
     train = FinetuneConfig(
         dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, generator=cfg.generator,

@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 
 from adapt3d.data.target_dataset import completed_indices
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.pipelines.adapt import AdaptResult, compare_grid
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
@@ -115,6 +116,8 @@ class InstanceConfig:
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
     """Show progress bars."""
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 def config_from(options, **overrides) -> InstanceConfig:
@@ -161,8 +164,9 @@ def validate(cfg: InstanceConfig) -> dict:
     fingerprint, and the loaded latent file (or None)."""
     import os
 
-    from adapt3d.diffusion.img2img import check_img2img_args
+    from adapt3d.diffusion.img2img import IMG2IMG_FAMILIES, check_img2img_args
     from adapt3d.diffusion.loading import resolve_pretrained
+    from adapt3d.diffusion.sources import require_family, resolve_model
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
@@ -204,9 +208,11 @@ def validate(cfg: InstanceConfig) -> dict:
     if clip is None and cfg.clip_threshold is not None:
         raise ValueError("--clip-model none: --clip-threshold needs a CLIP model")
     diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
-    resolve_device(cfg.device)
+    opts = cfg.diffusion_options
+    opts.check(resolve_device(cfg.device))
     check_output_folder(cfg.out)
-    resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
+    require_family(resolve_model(diffusion, "stable-diffusion", "--diffusion", config=opts.diffusion_config,
+                                 variant=opts.weights_variant), IMG2IMG_FAMILIES, "instance adaptation (img2img)")
     if clip is not None:
         resolve_pretrained(clip, "clip", "--clip-model")
     instance = {"seed": cfg.instance_seed, "trunc": cfg.trunc} if latent is None else {
@@ -216,6 +222,8 @@ def validate(cfg: InstanceConfig) -> dict:
            "pose_sampler": cfg.pose_sampler, "diffusion": diffusion, "strength": cfg.strength,
            "guidance_scale": cfg.guidance_scale, "clip_model": clip, "pose_filter": cfg.pose_filter,
            "seed": cfg.seed, "batch_size": cfg.batch_size}
+    job.update({k: getattr(opts, k) for k in ("dtype", "weights_variant", "diffusion_config")
+                if getattr(opts, k) not in (None, "auto")})  # how the weights are read changes the targets
     fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
     old = Path(cfg.out) / "target" / "job.json"
     if old.is_file():
@@ -368,7 +376,9 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
         from adapt3d.diffusion.img2img import Img2ImgTranslator
         for p in list((folder / "images").glob(".*")) + list((folder / "sources").glob(".*")):
             p.unlink(missing_ok=True)  # temporary files of a killed run
-        translator = Img2ImgTranslator.from_pretrained(parts["diffusion"], device=device)
+        translator = Img2ImgTranslator.from_pretrained(parts["diffusion"], device=device,
+                                                       options=cfg.diffusion_options)
+        result.notes += [n for n in translator.notes if n not in result.notes]
         made = generate(cfg, parts, folder, G, code, translator, scorer, device)
         del translator
     sel = SelectionConfig(clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter)

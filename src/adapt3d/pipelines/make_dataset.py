@@ -37,8 +37,10 @@ from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetR
                                          image_relpath, source_relpath)
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
-from adapt3d.diffusion.img2img import check_img2img_args
+from adapt3d.diffusion.img2img import IMG2IMG_FAMILIES, check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
+from adapt3d.diffusion.sources import require_family, resolve_model
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
 
@@ -78,8 +80,8 @@ class MakeDatasetConfig:
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Render-camera sampler (sinusoidal = DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
     diffusion: str = "auto"
-    """SD 1.x/2.x img2img model: Hugging Face id, local folder, or 'tiny'; auto = tiny with --preset tiny, else
-    stabilityai/stable-diffusion-2-1-base."""
+    """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt file, or 'tiny';
+    auto = tiny with --preset tiny, else stabilityai/stable-diffusion-2-1-base."""
     strength: float = 0.7
     """img2img strength in (0, 1]: fraction of the noise schedule re-run (higher = more change, less pose)."""
     guidance_scale: float = 8.0
@@ -122,6 +124,8 @@ class MakeDatasetConfig:
     device: str = "auto"
     """'auto' (CUDA when available; LOCAL_RANK under torchrun), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 @dataclass
@@ -143,6 +147,8 @@ class _Job:
     clip: str | None
     fingerprint: dict
     shard: tuple[int, int] | None
+    runtime: dict = field(default_factory=dict)
+    """Recorded in job.json but not part of the fingerprint: the resolved diffusion model and memory options."""
 
 
 def _flag(name: str) -> str:
@@ -225,7 +231,9 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    opts = cfg.diffusion_options
+    opts.check(device)
     plan = TargetPlan(cfg.num_images, cfg.samples_per_source, prompts, cfg.seed, cfg.batch_size)
     fingerprint = {
         "generator": {"preset": cfg.preset, "checkpoint": cfg.generator}, "prompts": prompts,
@@ -236,11 +244,19 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
-    job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard)
+    # How the weights are read changes the targets: part of the job (dtype as given, 'auto' on any device).
+    for key in ("dtype", "weights_variant", "diffusion_config"):
+        if getattr(opts, key) not in (None, "auto"):
+            fingerprint[key] = getattr(opts, key)
+    job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard,
+               runtime={"diffusion_options": opts.record(device)})
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
     # Model names last: a missing model offline fails here, still before anything is loaded.
-    resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
+    source = resolve_model(diffusion, "stable-diffusion", "--diffusion", config=opts.diffusion_config,
+                           variant=opts.weights_variant)
+    require_family(source, IMG2IMG_FAMILIES, "make-dataset (img2img)")
+    job.runtime["diffusion_model"] = source.record()
     if clip_name is not None:
         try:
             resolve_pretrained(clip_name, "clip", "--clip-model")
@@ -252,7 +268,7 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
 def job_json(job: _Job, shard: tuple[int, int] | None = None) -> dict:
     text = json.dumps(job.fingerprint, sort_keys=True)
     out = {"format": 1, "kind": "adapt3d make-dataset",
-           "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], "job": job.fingerprint}
+           "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], "job": job.fingerprint, **job.runtime}
     if shard is not None:
         out["shard"] = {"index": shard[0], "count": shard[1]}
     return out
@@ -401,7 +417,9 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
         models["notes"] += loaded.notes
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
-                                                                 scheduler=cfg.scheduler)
+                                                                 scheduler=cfg.scheduler,
+                                                                 options=cfg.diffusion_options)
+        models["notes"] += models["translator"].notes
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
 
@@ -418,7 +436,7 @@ def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatase
     result.files.update(fin.files)
     result.notes += fin.notes
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-               "diffusion": job.diffusion, "clip_model": job.clip, "num_images": fin.num_images,
+               "diffusion": job.diffusion, **job.runtime, "clip_model": job.clip, "num_images": fin.num_images,
                "num_kept": fin.num_kept, "rejected": fin.rejected, "generated_now": result.generated_now,
                "files": result.files, "notes": result.notes}
     atomic_write_json(Path(cfg.out) / "make_dataset.json", summary)

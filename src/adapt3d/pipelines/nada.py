@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from adapt3d.diffusion.options import DiffusionOptions
 from adapt3d.pipelines.render import RenderConfig, render, resolve_device
 from adapt3d.training.nada_config import ClipAdaptConfig, NadaConfig, identity_of, resolved, validate_common
 from adapt3d.training.run_folder import RunFolder, check_writable_folder
@@ -216,7 +217,8 @@ def run(cfg: NadaConfig) -> ClipAdaptResult:
 # Options of `adapt3d adapt` that only DATID-3D uses, with their defaults (a changed one is an error for the others).
 _DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "guidance_scale": 8.0,
                "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
-               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": ()}
+               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": (),
+               "diffusion_options": DiffusionOptions()}
 _SHARED = ("out", "preset", "generator", "seeds", "trunc", "video", "video_frames", "mesh", "mesh_resolution", "seed",
            "device", "progress", "source_text", "steps")
 
@@ -228,6 +230,9 @@ def run_from_adapt(adapt_cfg) -> ClipAdaptResult:
     if method not in ("nada", "itportrait"):
         raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
     changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
+    if "diffusion_options" in changed:  # name its changed flags (--dtype, --cpu-offload, ...)
+        now, default = asdict(adapt_cfg.diffusion_options), asdict(DiffusionOptions())
+        changed = [k for k in changed if k != "diffusion_options"] + [k for k in default if now[k] != default[k]]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ValueError(f"{flags}: only used by --method datid3d; --method {method} trains with CLIP losses "

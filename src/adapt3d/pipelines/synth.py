@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.data.cad import CadModel, find_models, load_cad_mesh, select_classes
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.dst.prompts import DST_NEGATIVE, DST_SUFFIX, LLMPromptRewriter, PromptBuilder, PromptConfig
 from adapt3d.dst.render import CONTROL_KINDS, canny_edges, control_image, render_view, view_annotation
 from adapt3d.dst.viewpoints import (ViewpointConfig, check_viewpoint_config, parse_strategy, sample_viewpoint,
@@ -69,9 +70,13 @@ class SynthConfig:
     canny_aperture: int = 3
     """Sobel aperture of cv2.Canny: 3, 5 or 7."""
     diffusion: str | None = None
-    """Base model: HF id, folder or 'tiny' (default SD 1.5; 'tiny' with --preset tiny)."""
+    """Base model: HF id, folder, single .safetensors/.ckpt or 'tiny' (default SD 1.5; 'tiny' with --preset tiny)."""
     controlnet: str | None = None
-    """ControlNet: HF id, folder or 'tiny' (default control_v11p_sd15_canny, or ..._depth for --control depth)."""
+    """ControlNet: HF id, folder, single original-layout file or 'tiny' (default control_v11p_sd15_canny, or
+    ..._depth for --control depth). It must be made for the base model's architecture."""
+    controlnet_config: str | None = None
+    """For a single-file --controlnet: a diffusers ControlNet folder or HF id of the same architecture (default:
+    lllyasviel/control_v11p_sd15_canny for SD 1.x, diffusers/controlnet-canny-sdxl-1.0 for SDXL)."""
     variant: Literal["auto", "sd", "sdxl"] = "auto"
     """Pipeline: SD 1.x/2.x or SDXL ControlNet ('auto' reads the base checkpoint)."""
     guidance_scale: float = 9.0
@@ -104,6 +109,8 @@ class SynthConfig:
     """Only render and annotate (the render is the image); no diffusion model is loaded."""
     progress: bool = True
     """Show progress bars."""
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion models."""
 
 
 @dataclass
@@ -160,7 +167,9 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
         parse_strategy(cfg.pose_sampling)
     check_viewpoint_config(_viewpoint_config(cfg))
     _parse_shard(cfg.shard)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if not cfg.render_only:
+        cfg.diffusion_options.check(device)
     out = check_output_folder(cfg.out)
     if cfg.meshes is not None:
         models = find_models(cfg.meshes)
@@ -170,10 +179,10 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
     classes = [c.strip() for c in cfg.classes.split(",") if c.strip()] if cfg.classes else None
     models = select_classes(models, classes)
     PromptBuilder(PromptConfig(**_prompt_kwargs(cfg)))  # template check
-    if not cfg.render_only:  # missing weights fail here, before any rendering (nothing is loaded yet)
-        from adapt3d.diffusion.loading import resolve_pretrained
-        resolve_pretrained(res["controlnet"], "controlnet", "--controlnet")
-        resolve_pretrained(res["diffusion"], "stable-diffusion", "--diffusion")
+    if not cfg.render_only:  # missing or mismatched weights fail here, before any rendering (nothing is loaded yet)
+        from adapt3d.diffusion.controlnet import resolve_controlnet_pair
+        resolve_controlnet_pair(res["diffusion"], res["controlnet"], cfg.diffusion_options, cfg.variant,
+                                controlnet_config=cfg.controlnet_config)
     return models, res
 
 
@@ -281,7 +290,9 @@ def synth(cfg: SynthConfig) -> SynthResult:
     if pending and not cfg.render_only:
         from adapt3d.diffusion.controlnet import ControlNetGenerator
         generator = ControlNetGenerator.from_pretrained(res["diffusion"], res["controlnet"], variant=cfg.variant,
-                                                        device=device)
+                                                        device=device, options=cfg.diffusion_options,
+                                                        controlnet_config=cfg.controlnet_config)
+        result.notes += generator.notes
     for start in bar(range(0, len(pending), cfg.batch_size), desc="generate", unit="batch"):
         batch = pending[start:start + cfg.batch_size]
         texts = [prompts.prompt_for(m.class_name, tuple(m.tags), seed) for m, _, _, seed, _ in batch]

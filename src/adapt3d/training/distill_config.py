@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.diffusion.sds import check_sds_args
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
@@ -34,8 +35,9 @@ class DistillConfig:
     generator: str | None = None
     """Source generator: adapt3d checkpoint folder, official EG3D .pkl, or a known name (ffhq, afhq, ...)."""
     diffusion: str | None = None
-    """Teacher: Stable Diffusion 1.x/2.x folder or Hugging Face id; default stabilityai/stable-diffusion-2-1-base
-    ('tiny' with --preset tiny). Its frozen text encoder also conditions the generator."""
+    """Teacher: Stable Diffusion 1.x/2.x or SDXL base, as a folder, Hugging Face id or single .safetensors/.ckpt;
+    default stabilityai/stable-diffusion-2-1-base ('tiny' with --preset tiny). Its frozen text encoder(s) also
+    condition the generator."""
     negative_prompt: str = ""
     """Text of the unconditional branch of classifier-free guidance."""
     guidance_scale: float = 100.0
@@ -124,15 +126,20 @@ class DistillConfig:
     seed: int = 0
     """Every random draw of step s comes from (seed, s): runs and resumed runs are reproducible."""
     device: str = "auto"
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'. The teacher runs in float16 on CUDA."""
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'. The teacher runs in float16 on CUDA (see --dtype)."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """The teacher's precision, weight variant, single-file config and GPU memory options."""
 
 
 RESUME_NEUTRAL = frozenset({"out", "steps", "tick_steps", "diversity_steps", "snapshot_steps", "sample_seeds",
                             "eval_seeds", "evaluate", "video", "video_frames", "mesh", "mesh_resolution", "resume",
-                            "device", "progress", "clip_model", "diversity_seeds", "diversity_features"})
+                            "device", "progress", "clip_model", "diversity_seeds", "diversity_features",
+                            "diffusion_options"})
 """Options that may change when a run is resumed (they do not change what is trained). Annealing depends on
---steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on."""
+--steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on. Of the
+diffusion options only the memory ones are neutral: --dtype, --weights-variant, --diffusion-config are part of the
+run when set (:func:`distill_identity`)."""
 
 
 def resolved_steps(cfg: DistillConfig) -> int:
@@ -174,6 +181,9 @@ def _plain(v):
 def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
     d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    opts = cfg.diffusion_options
+    d.update({k: getattr(opts, k) for k in ("dtype", "weights_variant", "diffusion_config")
+              if getattr(opts, k) not in (None, "auto")})  # how the teacher's weights are read
     d["prompts"] = list(prompts)
     return d
 
