@@ -57,7 +57,8 @@ def test_family_and_text_width_are_read_from_the_files(m):
     assert resolve_model(m["sdxl-cn"], "controlnet").family == "sdxl"
     for name, family in (("sd-file", "sd"), ("sd-ckpt", "sd"), ("sdxl-file", "sdxl")):
         src = resolve_model(m[name], config=str(m[name.split("-")[0]]))
-        assert (src.layout, src.family, src.cross_attention_dim) == ("single-file", family, 32 if family == "sd" else 80)
+        width = 32 if family == "sd" else 80
+        assert (src.layout, src.family, src.cross_attention_dim) == ("single-file", family, width)
     cn = resolve_model(m["cn8-file"], "controlnet", config=str(m["cn8"]), config_flag="--controlnet-config")
     assert (cn.layout, cn.family, cn.cross_attention_dim) == ("single-file", "sd", 32)
 
@@ -192,7 +193,8 @@ def test_controlnet_single_file_matches_its_folder(m):
     a = ControlNetGenerator.from_pretrained(str(m["sd8"]), str(m["cn8-file"]), controlnet_config=str(m["cn8"]))
     b = ControlNetGenerator.from_pretrained(str(m["sd8"]), str(m["cn8"]))
     assert _equal_state(a.pipe.controlnet, b.pipe.controlnet) == []
-    assert torch.equal(a(control, "a car", num_inference_steps=2).images, b(control, "a car", num_inference_steps=2).images)
+    images = [g(control, "a car", num_inference_steps=2).images for g in (a, b)]
+    assert torch.equal(*images)
     assert a.source["controlnet_config"] == str(m["cn8"])
 
 
@@ -262,7 +264,8 @@ def test_make_dataset_with_an_sdxl_single_file_records_its_options_and_resumes(m
     assert run(cfg).num_images == 2
     job = json.loads((tmp_path / "ds" / "job.json").read_text())
     assert job["diffusion_model"]["family"] == "sdxl" and job["diffusion_model"]["layout"] == "single-file"
-    assert job["diffusion_options"]["attention_slicing"] is True and job["diffusion_options"]["torch_dtype"] == "float32"
+    assert job["diffusion_options"]["attention_slicing"] is True
+    assert job["diffusion_options"]["torch_dtype"] == "float32"
     assert job["job"]["diffusion_config"] == str(m["sdxl"])  # how the weights are read is part of the job
     summary = json.loads((tmp_path / "ds" / "make_dataset.json").read_text())
     assert summary["config"]["diffusion_options"]["vae_slicing"] is True
@@ -290,7 +293,8 @@ def test_distill_with_an_sdxl_single_file_teacher_then_generate(m, tmp_path):
     assert options["resolved"]["diffusion_model"]["family"] == "sdxl"
     assert options["options"]["diffusion_options"]["gradient_checkpointing"] is True
     assert options["identity"]["diffusion_config"] == str(m["sdxl"])
-    assert out.stats and all(torch.isfinite(torch.tensor(s["sds/grad_norm"])) for s in out.stats if "sds/grad_norm" in s)
+    norms = [s["sds/grad_norm"] for s in out.stats if "sds/grad_norm" in s]
+    assert norms and all(torch.isfinite(torch.tensor(norms)))
     model, _, meta = load_text_conditioned(out.final)
     assert model.cond_config.text_dim == 80  # 32 + 48: both SDXL text encoders
     assert meta["text_conditioning"]["text_encoder"]["diffusion_config"] == str(m["sdxl"])

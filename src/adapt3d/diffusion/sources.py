@@ -225,8 +225,9 @@ def _resolve_single_file(path: Path, kind: str, flag: str, config: str | None, c
                          variant: str | None) -> ModelSource:
     what = KINDS[kind][0]
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-        raise ValueError(f"{flag}: {path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)});"
-                         f" expected a {what} folder (save_pretrained layout), a Hugging Face id or one such file")
+        raise ValueError(f"{flag}: {path} is a file but not a single-file checkpoint "
+                         f"({', '.join(SINGLE_FILE_SUFFIXES)}); expected a {what} folder (save_pretrained layout), "
+                         "a Hugging Face id or one such file")
     if variant is not None:
         raise ValueError(f"--weights-variant {variant}: weight variants are files of a diffusers folder "
                          f"(*.{variant}.safetensors); the single file {path} has none, leave the option out")

@@ -130,12 +130,13 @@ class DistillTrainer:
         views = [[view_prompt(p, v) for p in self.prompts] for v in range(3)]
         self.view_texts = torch.stack([sds.encode_prompt(v) for v in views]).to(self.device)  # (3, P, L, D)
         self.uncond = sds.encode_prompt([cfg.negative_prompt]).to(self.device)  # (1, L, D)
-        # SDXL teachers also take pooled text embeddings (None for SD 1.x/2.x).
-        pooled = sds.encode_pooled(self.prompts)
+        # SDXL teachers also take pooled text embeddings (None for SD 1.x/2.x and teachers without them).
+        encode_pooled = getattr(sds, "encode_pooled", lambda prompts: None)
+        pooled = encode_pooled(self.prompts)
         self.pooled = pooled.to(self.device) if pooled is not None else None  # (P, Dp)
-        self.view_pooled = torch.stack([sds.encode_pooled(v) for v in views]).to(self.device) \
+        self.view_pooled = torch.stack([encode_pooled(v) for v in views]).to(self.device) \
             if pooled is not None else None  # (3, P, Dp)
-        self.uncond_pooled = sds.encode_pooled([cfg.negative_prompt])  # (1, Dp) or None
+        self.uncond_pooled = encode_pooled([cfg.negative_prompt])  # (1, Dp) or None
         self.total_steps = resolved_steps(cfg)
         self.step, self.skipped = 0, 0
         self.stats: list[dict] = []
