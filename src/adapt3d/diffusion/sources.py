@@ -15,7 +15,8 @@
   2048 SDXL), so that a base and a ControlNet that do not fit are refused by :func:`check_controlnet_pair`;
 - ``variant``: diffusers' weight-file variant (``fp16`` loads ``*.fp16.safetensors``), checked against the folder.
 
-Each consumer then calls :func:`require_family` with what it supports. Every problem is a one-line ``ValueError`` /
+Each consumer then calls :func:`require_family` with what it supports. The user-facing description of layouts,
+families, defaults and errors is docs/diffusion-models.md. Every problem is a one-line ``ValueError`` /
 :class:`~adapt3d.diffusion.loading.PretrainedNotFoundError` naming the option. ``.ckpt`` files are only ever read
 with ``torch.load(weights_only=True)`` (tensors and plain containers; no code runs).
 """
@@ -308,7 +309,8 @@ def resolve_model(name_or_path: str | os.PathLike, kind: str = "stable-diffusion
 
     ``config``: for a single file, the diffusers folder / id with its configs (default: the architecture's
     reference repository, :data:`DEFAULT_SINGLE_FILE_CONFIGS`); refused for other layouts. ``variant``: diffusers'
-    weight variant (``'fp16'``). Reads configs and file headers only; never loads weights, never downloads any.
+    weight variant (``'fp16'``). Reads configs and file headers only (for a Hugging Face id that is not cached, its
+    small JSON configs are fetched when online); never loads or downloads weights.
     """
     if kind not in ("stable-diffusion", "controlnet"):
         raise ValueError(f"kind: {kind!r} is not 'stable-diffusion' or 'controlnet'")
