@@ -7,7 +7,7 @@ weights are missing and how to get them, instead of a long traceback from deep i
 Names accepted:
 
 - ``"tiny"``: the built-in tiny random-weight model of that kind (built on first use into
-  :func:`adapt3d.testing.default_tiny_models_dir`; for demos and tests, no download);
+  :func:`adapt3d.diffusion.tiny_models.default_tiny_models_dir`; for demos and tests, no download);
 - a local folder (``save_pretrained`` layout, e.g. a ``huggingface-cli download`` target);
 - a Hugging Face model id (``stabilityai/stable-diffusion-2-1-base``): taken from the local Hugging Face cache, or
   downloaded by ``from_pretrained`` when the machine is online. Offline (``HF_HUB_OFFLINE=1``,
@@ -81,7 +81,7 @@ def resolve_pretrained(name_or_path: str | os.PathLike, kind: str, flag: str | N
     if not name:
         raise ValueError(f"{flag}: empty model name; expected a Hugging Face id, a local folder or '{TINY_NAME}'")
     if name == TINY_NAME:
-        from adapt3d.testing.tiny_models import ensure_tiny_models
+        from adapt3d.diffusion.tiny_models import ensure_tiny_models
         return str(ensure_tiny_models(names=(tiny_key,))[tiny_key])
     path = Path(name).expanduser()
     if path.exists():
