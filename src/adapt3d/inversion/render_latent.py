@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapt3d.cameras import camera_label, orbit_trajectory, yaw_sweep
+from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import depth_to_image, label_images, make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.video import write_video
 from adapt3d.inversion.latent_file import LatentCode, check_architecture
 from adapt3d.inversion.projector import use_noise
+from adapt3d.models.latents import default_cameras
 
 __all__ = ["RenderLatentConfig", "RenderLatentResult", "render_latent", "VIEW_OFFSETS"]
 
@@ -76,12 +77,6 @@ class RenderLatentResult:
     """The latent at the VIEW_OFFSETS yaws (3, 3, R, R) in [-1, 1], CPU."""
     files: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def _cam(G, yaw, pitch, device) -> torch.Tensor:
-    r = G.rendering
-    return camera_label(yaw, pitch, radius=r.avg_camera_radius, pivot=r.avg_camera_pivot,
-                        fov_deg=G.config.camera_fov_deg).to(device)
 
 
 def _read_rgb(path: Path, size: int) -> np.ndarray:
@@ -136,7 +131,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
         files["depth"] = [str(save_image(out / f"{cfg.name}_depth.png",
                                          depth_to_image(synth.image_depth.cpu(), near=near, far=far)[0]))]
         yaws = torch.tensor([math.pi / 2 + d for d in VIEW_OFFSETS])
-        cams = _cam(G, yaws, torch.full_like(yaws, float(latent.pitch)), device)
+        cams = default_cameras(G, yaws, torch.full_like(yaws, float(latent.pitch))).to(device)
         views = G.synthesis(ws.expand(len(yaws), -1, -1), cams, noise_mode="const", sampling="deterministic").image
         res.views = views.cpu()
         files["views"] = [str(save_image(out / f"{cfg.name}_views.png", make_grid(to_uint8(res.views), nrow=3)))]
@@ -157,7 +152,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
 
             def frames():
                 for t in range(len(poses)):
-                    c = _cam(G, poses.yaw[t:t + 1], poses.pitch[t:t + 1], device)
+                    c = default_cameras(G, poses.yaw[t:t + 1], poses.pitch[t:t + 1]).to(device)
                     img = G.synthesis(ws, c, noise_mode="const", sampling="deterministic", planes=planes).image
                     yield to_uint8(img.cpu())[0]
 

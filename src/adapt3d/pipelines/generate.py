@@ -23,11 +23,12 @@ from typing import Literal
 
 import torch
 
-from adapt3d.cameras import frontal_label, orbit_trajectory, yaw_sweep
+from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.video import write_video
-from adapt3d.pipelines.render import check_output_folder, default_cameras, latents, resolve_device
+from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
+from adapt3d.pipelines.render import check_output_folder, resolve_device
 from adapt3d.utils.io import atomic_write_json
 from adapt3d.utils.parsing import parse_seeds
 
@@ -122,16 +123,14 @@ def generate_samples(model, text: torch.Tensor | None, seeds: list[int], cameras
     """The forward pass for each seed: ws, planes and one image at ``cameras`` (S, 25). ``model`` is a
     :class:`adapt3d.models.text_conditioned.TextConditionedGenerator`, ``text`` (1, L, D) or None."""
     device = next(model.parameters()).device
-    z = latents(seeds, model.z_dim).to(device)
-    r = model.rendering
+    z = seed_latents(seeds, model.z_dim).to(device)
     ws_all, planes_all, images = [], [], []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for i in range(0, len(seeds), batch_size):
         zb = z[i:i + batch_size]
-        c_cond = frontal_label(r.avg_camera_radius, r.avg_camera_pivot, model.config.camera_fov_deg,
-                               batch_size=zb.shape[0]).to(device)
+        c_cond = frontal_cameras(model, zb.shape[0]).to(device)
         ws = model.mapping(zb, c_cond, text, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
         planes = model.planes(ws, text, noise_mode="const")
         out = model.synthesis(ws, cameras[i:i + batch_size].to(device), planes=planes, noise_mode="const",

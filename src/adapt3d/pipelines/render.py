@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adapt3d.cameras import camera_label, frontal_label, orbit_trajectory, yaw_sweep
+from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import depth_to_image, make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.video import write_video
 from adapt3d.models.cpu_kernels import kernel_status
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.utils.io import atomic_write_json
@@ -131,28 +132,6 @@ def validate(cfg: RenderConfig) -> list[int]:
         load_latent(cfg.latent)  # a missing or foreign file fails before any model loads
     check_output_folder(cfg.out)
     return seeds
-
-
-def latents(seeds: list[int], z_dim: int) -> torch.Tensor:
-    """EG3D's z for each seed: np.random.RandomState(seed).randn(1, z_dim).  # (len(seeds), z_dim)"""
-    return torch.from_numpy(np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds])).float()
-
-
-def default_cameras(G: TriPlaneGenerator, yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
-    """Labels (n, 25) of cameras at EG3D angles around the generator's average pivot and radius."""
-    r = G.rendering
-    return camera_label(yaw, pitch, radius=r.avg_camera_radius, pivot=r.avg_camera_pivot,
-                        fov_deg=G.config.camera_fov_deg)
-
-
-@torch.no_grad()
-def map_seeds(G: TriPlaneGenerator, seeds: list[int], trunc: float, cutoff: int | None,
-              device: torch.device) -> torch.Tensor:
-    z = latents(seeds, G.z_dim).to(device)
-    r = G.rendering
-    c_cond = frontal_label(r.avg_camera_radius, r.avg_camera_pivot, G.config.camera_fov_deg,
-                           batch_size=len(seeds)).to(device)
-    return G.mapping(z, c_cond, truncation_psi=trunc, truncation_cutoff=cutoff)  # (S, num_ws, w_dim)
 
 
 @torch.no_grad()
