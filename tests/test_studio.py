@@ -20,7 +20,7 @@ from PIL import Image
 
 from adapt3d.pipelines.convert import ConvertConfig
 from adapt3d.pipelines.render import RenderConfig, render
-from adapt3d.pipelines.studio import StudioConfig, build_server, validate
+from adapt3d.studio.command import StudioConfig, build_server, validate
 from adapt3d.studio.files import PathRefused, UploadRefused, resolve_under, save_upload
 from adapt3d.studio.forms import FieldError, check_job, find_validator, form_argv, form_fields
 from adapt3d.studio.jobs import JOB_FILE, JobManager, latest_image, log_tail, parse_progress, read_job
@@ -302,7 +302,7 @@ def test_server_refuses_traversal_and_foreign_hosts(server, tmp_path_factory):
         status, _, data = _request(server, "GET", path)
         assert status == 403 and b"secret" not in data and b"root:" not in data, path
     assert _request(server, "GET", "/files/%252e%252e/etc/passwd")[0] == 404
-    assert _request(server, "GET", "/static/../pipelines/studio.py")[0] == 404
+    assert _request(server, "GET", "/static/../command.py")[0] == 404
     assert _request(server, "GET", "/api/info", headers={"Host": "evil.example:80"})[0] == 403
     status, _, _ = _request(server, "POST", "/api/validate", b"{}", {"Content-Type": "application/json",
                                                                      "Origin": "http://evil.example"})
