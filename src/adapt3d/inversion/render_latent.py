@@ -18,9 +18,8 @@ has them), so the same latent and generator always give the same files.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from PIL import Image
 from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import depth_to_image, label_images, make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.options import MediaOptions
 from adapt3d.export.video import write_video
 from adapt3d.inversion.latent_file import LatentCode, check_architecture
 from adapt3d.inversion.projector import use_noise
@@ -40,20 +40,9 @@ VIEW_OFFSETS = (-0.4, 0.0, 0.4)
 
 
 @dataclass
-class RenderLatentConfig:
+class RenderLatentConfig(MediaOptions):
     name: str = "latent"
     """File name stem of the outputs."""
-    video: Literal["none", "orbit", "yaw"] = "none"
-    """Video: EG3D's orbit, a yaw sweep (+-0.5 rad), or none."""
-    video_format: Literal["mp4", "gif"] = "mp4"
-    video_frames: int = 48
-    fps: int = 24
-    mesh: Literal["none", "ply", "obj", "glb"] = "none"
-    """Coloured mesh of the latent's density field in this format, or none."""
-    mesh_resolution: int = 128
-    """Density grid resolution per axis for marching cubes."""
-    mesh_level: float | None = None
-    """Density iso-level; None = 10 (EG3D's shape export), or the field's midpoint when it never crosses 10."""
     comparison: bool = True
     """Write comparison.png when the latent's folder has input.png and reconstruction.png."""
     progress: bool = False
@@ -61,10 +50,10 @@ class RenderLatentConfig:
 
     @classmethod
     def from_options(cls, options, name: str = "latent") -> "RenderLatentConfig":
-        """Take the same-named fields (video, video_format, video_frames, fps, mesh, mesh_resolution, mesh_level,
-        progress) from another config, e.g. ``adapt3d render``'s RenderConfig."""
-        kw = {k: getattr(options, k) for k in ("video", "video_format", "video_frames", "fps", "mesh",
-                                               "mesh_resolution", "mesh_level", "progress") if hasattr(options, k)}
+        """Take the same-named fields (the video and mesh options, progress) from another config, e.g.
+        ``adapt3d render``'s RenderConfig."""
+        names = [f.name for f in fields(MediaOptions)] + ["progress"]
+        kw = {k: getattr(options, k) for k in names if hasattr(options, k)}
         return cls(name=name, **kw)
 
 

@@ -30,12 +30,11 @@ import torch
 
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.text_conditioned import TextConditionedGenerator, TextConditioningConfig
-from adapt3d.pipelines.render import resolve_device
 from adapt3d.training.distill import DistillOutput, DistillTrainer
 from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
-from adapt3d.training.run_folder import RunFolder, check_writable_folder
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.training.run_folder import RunFolder
+from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["DistillConfig", "DistillOutput", "run", "resolve_models", "evaluate_prompts"]
 
@@ -63,7 +62,7 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
     from adapt3d.metrics.diversity import mean_pairwise_distance
     from adapt3d.metrics.report import ReportFigure, ReportTable, write_report_html
     from adapt3d.pipelines.generate import generate_samples, write_outputs
-    from adapt3d.pipelines.render import default_cameras
+    from adapt3d.models.latents import default_cameras
     from adapt3d.training.distill_eval import image_features, prompt_metrics, render_fixed
 
     notes = notes if notes is not None else []
@@ -105,7 +104,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    out = check_writable_folder(Path(cfg.out))
+    out = check_output_folder(Path(cfg.out))
     run_folder = RunFolder(out, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)

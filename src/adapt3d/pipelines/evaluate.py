@@ -35,9 +35,10 @@ from adapt3d.export.images import save_image, to_uint8
 from adapt3d.metrics import clip_metrics, diversity, fid, lpips as lpips_mod
 from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
-from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, render_views, resolve_device
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.pipelines.render import render_views
+from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 

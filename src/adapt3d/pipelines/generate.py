@@ -19,24 +19,23 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
 
 
-@dataclass
-class GenerateConfig:
+@dataclass(kw_only=True)
+class GenerateConfig(MediaOptions, ViewOptions):
     """Generate 3D-aware images, orbit videos and meshes for a prompt with a distilled text-conditioned generator
     (one forward pass per sample)."""
 
@@ -47,29 +46,8 @@ class GenerateConfig:
     out: Path = Path("runs/generate")
     """Output folder (created if missing)."""
     seeds: str = "0-7"
-    """Latent seeds: ranges and lists, e.g. '0-7' or '1,5,9'."""
-    trunc: float = 0.7
-    """Truncation psi (1 = none)."""
-    trunc_cutoff: int | None = None
-    """Number of w layers truncated (None = all)."""
     diffusion: str | None = None
     """Text encoder source (a Stable Diffusion folder or id); default: the one recorded in the checkpoint."""
-    yaw_deg: float = 0.0
-    """Camera yaw offset from frontal of the still images, degrees."""
-    pitch_deg: float = 0.0
-    """Camera pitch offset from frontal of the still images, degrees."""
-    video: Literal["none", "orbit", "yaw"] = "none"
-    """Video of all seeds (a grid): EG3D's orbit, a yaw sweep, or none."""
-    video_format: Literal["mp4", "gif"] = "mp4"
-    video_frames: int = 48
-    fps: int = 24
-    mesh: Literal["none", "ply", "obj", "glb"] = "none"
-    """Coloured mesh per seed (marching cubes of the density)."""
-    mesh_resolution: int = 128
-    """Density grid resolution per axis."""
-    mesh_level: float | None = None
-    """Density iso-level; None = 10 (EG3D), or the field's midpoint when it never crosses 10 (noted)."""
-    batch_size: int = 4
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
@@ -105,13 +83,8 @@ def validate(cfg: GenerateConfig) -> list[int]:
     if not (ck / "checkpoint.json").is_file():
         raise ValueError(f"--checkpoint: {ck} is not a checkpoint folder (no checkpoint.json); pass the final/ or a "
                          "snapshots/snapshot-XXXXXX folder of an `adapt3d distill` run")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
-    for name in ("video_frames", "fps", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.mesh != "none" and cfg.mesh_resolution < 8:
-        raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    cfg.check_views()
+    cfg.check_media()
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     return seeds

@@ -38,16 +38,21 @@ from typing import Literal
 import torch
 
 from adapt3d.data.target_dataset import completed_indices
-from adapt3d.pipelines.adapt import AdaptResult, compare_grid
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.export.options import RenderStageOptions
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
-from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.pipelines.render import check_render_options
+from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, pick, render_stage,
+                                      render_stage_config, save_compare)
+from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs"]
 
 
 @dataclass
-class InstanceConfig:
+class InstanceConfig(RenderStageOptions):
     """Adapt a 3D generator toward ONE instance (a seed or an inverted latent) in a text-described domain: render
     it at many cameras, translate each view several times, filter, fine-tune, render. Give --preset or
     --generator, --instance-seed or --instance-latent, and --prompt. Numbers left at None take the defaults below
@@ -97,18 +102,8 @@ class InstanceConfig:
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default 10; tiny: half the run)."""
-    seeds: str = "0-3"
-    """Latent seeds of the adapted generator's renders and of compare.png."""
     trunc: float = 0.7
-    """Truncation psi of --instance-seed and of the renders."""
-    video: Literal["none", "orbit", "yaw"] = "orbit"
-    """Videos of the adapted generator and of the instance through it."""
-    video_frames: int | None = None
-    """Frames of the videos (48; tiny: 24)."""
-    mesh: Literal["none", "ply", "obj", "glb"] = "ply"
-    """Mesh format of the adapted generator's shapes (seeds and instance)."""
-    mesh_resolution: int | None = None
-    """Marching-cubes grid resolution (128; tiny: 64)."""
+    """Truncation psi in [0, 2] of --instance-seed and of the renders (1 = none)."""
     seed: int = 0
     """Job seed: the views' camera and diffusion seeds derive from it (make-dataset's plan), and fine-tuning's."""
     device: str = "auto"
@@ -127,32 +122,28 @@ def config_from(options, **overrides) -> InstanceConfig:
     return InstanceConfig(**kw)
 
 
-def _pick(value, default, tiny_default, tiny: bool):
-    return value if value is not None else (tiny_default if tiny else default)
-
-
 def stage_configs(cfg: InstanceConfig):
     """(numbers, FinetuneConfig, RenderConfig) of the run; numbers: num_images, samples_per_view, num_views,
     num_inference_steps."""
     from adapt3d.training.config import FinetuneConfig
     tiny = cfg.preset == "tiny"
     out = Path(cfg.out)
-    spv = _pick(cfg.samples_per_view, 4, 2, tiny)
-    n = _pick(cfg.num_images, 128, 16, tiny)
+    spv = pick(cfg.samples_per_view, 4, 2, tiny)
+    n = pick(cfg.num_images, 128, 16, tiny)
     numbers = {"num_images": n, "samples_per_view": spv, "num_views": math.ceil(n / max(spv, 1)),
-               "num_inference_steps": _pick(cfg.num_inference_steps, 50, 10, tiny)}
-    kimg = _pick(cfg.kimg, 50.0, 0.2, tiny)
+               "num_inference_steps": pick(cfg.num_inference_steps, 50, 10, tiny)}
+    kimg = pick(cfg.kimg, 50.0, 0.2, tiny)
     known = {f.name for f in fields(FinetuneConfig)}
     source = {"generator": cfg.generator} if "generator" in known else {"checkpoint": cfg.generator}
     train = FinetuneConfig(
         dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, **source, kimg=kimg,
-        batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
-        snapshot_kimg=_pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
+        batch=pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        snapshot_kimg=pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
         sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    shows = RenderConfig(
-        out=out / "render", checkpoint=str(out / "train" / "final"), seeds=cfg.seeds, trunc=cfg.trunc,
-        video=cfg.video, video_frames=_pick(cfg.video_frames, 48, 24, tiny), mesh=cfg.mesh,
-        mesh_resolution=_pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device, progress=cfg.progress)
+    shows = render_stage_config(cfg, out / "render", out / "train" / "final",
+                                video_frames=pick(cfg.video_frames, 48, 24, tiny),
+                                mesh_resolution=pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device,
+                                progress=cfg.progress)
     return numbers, train, shows
 
 
@@ -166,7 +157,6 @@ def validate(cfg: InstanceConfig) -> dict:
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
-    from adapt3d.utils.parsing import parse_seeds
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     if (cfg.instance_seed is None) == (cfg.instance_latent is None):
@@ -189,14 +179,9 @@ def validate(cfg: InstanceConfig) -> dict:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {numbers[name]}")
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
-    parse_seeds(cfg.seeds)
-    if shows.video_frames < 1 or shows.mesh_resolution < 8:
-        raise ValueError(f"--video-frames must be >= 1 and --mesh-resolution >= 8, got {shows.video_frames}, "
-                         f"{shows.mesh_resolution}")
+    check_render_options(shows)
     validate_finetune_config(train)
     tiny = cfg.preset == "tiny"
     clip = None if cfg.clip_model == "none" else (
@@ -387,45 +372,33 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
 
 
 def _render_stage(cfg: InstanceConfig, parts: dict, G_src, code, device, result: AdaptResult) -> None:
-    from adapt3d.export.images import contact_sheet, save_image
+    """Render the adapted generator at --seeds and the instance through it; compare.png: the instance, then the
+    seeds, source vs adapted."""
+    from adapt3d.export.images import make_grid, to_uint8
+    from adapt3d.inversion.projector import use_noise
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent
     from adapt3d.models.checkpoint import load_checkpoint
-    from adapt3d.pipelines.render import render
-    from adapt3d.utils.parsing import parse_seeds
 
     out, shows, final = Path(cfg.out), parts["render"], Path(parts["train"].out) / "final"
-    compare, summary = out / "compare.png", Path(shows.out) / "render.json"
-    stamp = (final / "checkpoint.json").stat().st_mtime
-    if compare.is_file() and summary.is_file() and min(compare.stat().st_mtime, summary.stat().st_mtime) > stamp \
-            and json.loads(summary.read_text()).get("config", {}).get("seeds") == shows.seeds:
-        result.stages["render"] = {"skipped": "up to date"}
-        result.files["compare"] = str(compare)
+    compare = out / "compare.png"
+    rendered = render_stage(shows, final, result)
+    result.files["compare"] = str(compare)
+    if compare_is_current(compare, final, rendered):
         return
-    t0 = time.time()
-    rendered = render(shows)
-    result.files.update(rendered.files)
-    result.notes += [n for n in rendered.notes if "random weights" not in n and n not in result.notes]
     adapted = load_checkpoint(final, load_discriminator=False).generator.to(device).eval()
     inst = render_latent(adapted, code, Path(shows.out) / "instance",
                          RenderLatentConfig.from_options(shows, name="instance"), flag="--instance-latent")
     result.files.update({f"instance_{k}": v for k, v in inst.files.items()})
-    seeds = parse_seeds(cfg.seeds)
-    yaw = torch.tensor([math.pi / 2 - 0.4, math.pi / 2, math.pi / 2 + 0.4])
+    yaw = torch.tensor([math.pi / 2 + y for y in COMPARE_YAWS])
     strips = []
-    from adapt3d.export.images import make_grid, to_uint8
-    from adapt3d.inversion.projector import use_noise
     for G in (G_src, adapted):
         cams = default_cameras(G, yaw, torch.full_like(yaw, float(code.pitch))).to(device)
         with torch.no_grad(), use_noise(G, code.noise):
-            img = G.synthesis(code.ws.to(device).expand(3, -1, -1), cams, noise_mode="const",
+            img = G.synthesis(code.ws.to(device).expand(len(yaw), -1, -1), cams, noise_mode="const",
                               sampling="deterministic").image
-        strips.append(make_grid(to_uint8(img.cpu()), nrow=3))
-    rows = [strips] + compare_grid(G_src, adapted, seeds, cfg.trunc, device)
-    captions = [["instance, source", "instance, adapted"]] + [[f"source, seed {s}", f"adapted, seed {s}"]
-                                                               for s in seeds]
-    save_image(compare, contact_sheet(rows, captions))
-    result.files["compare"] = str(compare)
-    result.stages["render"] = {"seconds": round(time.time() - t0, 2), "folder": str(shows.out)}
+        strips.append(make_grid(to_uint8(img.cpu()), nrow=len(yaw)))
+    save_compare(compare, G_src, adapted, parse_seeds(cfg.seeds), cfg.trunc, device, first_rows=[strips],
+                 first_captions=[["instance, source", "instance, adapted"]])
 
 
 def run(cfg: InstanceConfig) -> AdaptResult:

@@ -37,7 +37,8 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from adapt3d.pipelines.render import check_output_folder, resolve_device
+from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["InvertConfig", "InvertResult", "run", "validate"]
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from adapt3d.dst.dataset import load_annotations
 from adapt3d.dst.kcf import PoseTrainConfig, SmallPoseCNN, angle_bins, kfold_split, score_pose_model, select_kept, \
     train_pose_model
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.io import atomic_write_json, atomic_write_text
+from adapt3d.utils.io import atomic_write_json, atomic_write_text, check_output_folder
+from adapt3d.utils.parsing import resolve_device
 
 
 @dataclass

@@ -40,7 +40,9 @@ from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark
 from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
 from adapt3d.export.images import save_image, to_uint8
-from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
 

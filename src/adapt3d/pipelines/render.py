@@ -24,19 +24,20 @@ from tqdm.auto import tqdm
 from adapt3d.cameras import orbit_trajectory, yaw_sweep
 from adapt3d.export.images import depth_to_image, make_grid, save_image, to_uint8
 from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.cpu_kernels import kernel_status
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 
 @dataclass
-class RenderConfig:
+class RenderConfig(MediaOptions, ViewOptions):
     """Render a generator: image grid, per-seed images and depth, orbit video, meshes. Give --preset or
-    --checkpoint."""
+    --checkpoint. (Seeds, views, video and mesh options: :mod:`adapt3d.export.options`.)"""
 
     out: Path = Path("runs/render")
     """Output folder (created if missing)."""
@@ -44,32 +45,9 @@ class RenderConfig:
     """Built-in architecture with seeded random weights: tiny, ffhq512, afhq512, shapenet128."""
     checkpoint: str | None = None
     """adapt3d checkpoint folder, official EG3D .pkl, or a known name (ffhq, afhq, shapenet)."""
-    seeds: str = "0-3"
-    """Latent seeds: ranges and lists, e.g. '0-7' or '1,5,9'."""
-    trunc: float = 0.7
-    """Truncation psi (1 = none)."""
-    trunc_cutoff: int | None = None
-    """Number of w layers truncated (None = all)."""
-    yaw_deg: float = 0.0
-    """Camera yaw offset from frontal, degrees (EG3D convention: h = pi/2 + yaw)."""
-    pitch_deg: float = 0.0
-    """Camera pitch offset from frontal, degrees (EG3D convention: v = pi/2 + pitch)."""
-    video: Literal["none", "orbit", "yaw"] = "none"
-    """Camera trajectory of the video: an orbit, a yaw sweep, or no video."""
-    video_format: Literal["mp4", "gif"] = "mp4"
-    video_frames: int = 48
-    fps: int = 24
-    mesh: Literal["none", "ply", "obj", "glb"] = "none"
-    """Export a coloured mesh per seed in this format."""
-    mesh_resolution: int = 128
-    """Density grid resolution per axis for marching cubes."""
-    mesh_level: float | None = None
-    """Density (raw sigma) iso-level; None = 10 as in EG3D's shape export, falling back to the field's midpoint
-    (with a note in render.json) when the field never crosses 10, as for untrained models."""
     latent: Path | None = None
     """latent.pt from adapt3d invert (or an adapt run's OUT/instance/latent.pt): render THAT instance instead of
     --seeds: at its own camera, three views, input | source reconstruction | this generator, --video, --mesh."""
-    batch_size: int = 4
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     noise_mode: Literal["const", "random", "none"] = "const"
@@ -85,31 +63,11 @@ class RenderResult:
     seconds: float = 0.0
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device: {device!r} is not a device name; expected 'auto', 'cpu' or 'cuda[:i]'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} asked for CUDA, but no CUDA device is available")
-    return dev
-
-
-def check_output_folder(out: Path, arg: str = "--out") -> Path:
-    """Create ``out`` and prove it is writable, before any model is built."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{arg}: {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".adapt3d-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
-    return out
+def check_render_options(cfg: RenderConfig) -> list[int]:
+    """Check the seed, view, video and mesh options alone (no generator, no folder); returns the parsed seeds."""
+    seeds = cfg.check_views()
+    cfg.check_media()
+    return seeds
 
 
 def validate(cfg: RenderConfig) -> list[int]:
@@ -117,15 +75,7 @@ def validate(cfg: RenderConfig) -> list[int]:
     from adapt3d.models.loading import check_generator_source
     seeds = parse_seeds(cfg.seeds)
     check_generator_source(cfg.preset, cfg.checkpoint)
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
-    if cfg.trunc_cutoff is not None and cfg.trunc_cutoff < 0:
-        raise ValueError(f"--trunc-cutoff: must be >= 0 or None, got {cfg.trunc_cutoff}")
-    for name in ("video_frames", "fps", "batch_size", "mesh_resolution"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.mesh != "none" and cfg.mesh_resolution < 8:
-        raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_render_options(cfg)
     resolve_device(cfg.device)
     if cfg.latent is not None:
         from adapt3d.inversion.latent_file import load_latent

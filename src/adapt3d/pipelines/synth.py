@@ -27,8 +27,8 @@ from adapt3d.dst.render import CONTROL_KINDS, canny_edges, control_image, render
 from adapt3d.dst.viewpoints import (ViewpointConfig, check_viewpoint_config, parse_strategy, sample_viewpoint,
                                    stable_key)
 from adapt3d.export.images import save_image
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.io import atomic_path, atomic_write_json, check_output_folder
+from adapt3d.utils.parsing import resolve_device
 
 DEPTH_CONTROLNET = "lllyasviel/control_v11f1p_sd15_depth"
 

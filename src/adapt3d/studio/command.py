@@ -25,7 +25,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapt3d.pipelines.render import check_output_folder, resolve_device
+from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["StudioConfig", "StudioResult", "validate", "build_server", "run"]
 

@@ -23,10 +23,11 @@ import torch
 
 from adapt3d.export.images import depth_to_image, to_uint8
 from adapt3d.models import hub
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.triplane import PRESETS
-from adapt3d.pipelines.render import default_cameras, map_seeds, resolve_device
 from adapt3d.studio.files import resolve_under
+from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["ExploreError", "GeneratorSlots", "ViewRequest", "SLOTS"]
 

@@ -274,7 +274,8 @@ def basic_checks(cfg: Any) -> None:
     """The checks every command shares, for pipelines without a validate function: the generator source
     (--preset vs --generator/--checkpoint), the device, and a writable output folder (created)."""
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.pipelines.render import check_output_folder, resolve_device
+    from adapt3d.utils.io import check_output_folder
+    from adapt3d.utils.parsing import resolve_device
     if hasattr(cfg, "preset"):
         for name in ("generator", "checkpoint"):
             if hasattr(cfg, name):

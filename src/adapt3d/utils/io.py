@@ -1,4 +1,4 @@
-"""Atomic file output: a crash never leaves a half-written file that looks whole."""
+"""Atomic file output: a crash never leaves a half-written file that looks whole; output-folder checks."""
 
 from __future__ import annotations
 
@@ -61,3 +61,18 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+
+
+def check_output_folder(out: str | os.PathLike, arg: str = "--out") -> Path:
+    """Create ``out`` and prove it is writable, before any model is built; ValueError naming ``arg`` otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{arg}: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".adapt3d-write-test-{os.getpid()}"  # one probe per process: concurrent ranks do not race
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
+    return out
