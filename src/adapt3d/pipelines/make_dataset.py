@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +46,6 @@ from adapt3d.utils.parsing import resolve_device
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
 
 DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"
-KILL_HOOK = "ADAPT3D_TEST_KILL_AFTER_IMAGES"  # tests: SIGKILL this process after writing N target PNGs
 
 
 @dataclass
@@ -331,7 +329,6 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
     _clean_temp_files(folder)
     done = completed_indices(folder)
     mine = plan.shard_indices(*shard)
-    kill_after = int(os.environ.get(KILL_HOOK, "0"))
     made = 0
     bar = tqdm(total=len(mine), initial=sum(i in done for i in mine), desc="generate", unit="img",
                disable=not cfg.progress)
@@ -376,8 +373,6 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
             save_image(folder / source_relpath(it.source), src_u8[j])
             save_image(folder / image_relpath(it.index), tgt_u8[k])
             made += 1
-            if kill_after and made >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between the PNG and its manifest line
             rec = TargetRecord(index=it.index, source=it.source, sample=it.sample, latent_seed=it.latent_seed,
                                pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
                                negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
