@@ -24,6 +24,8 @@ from typing import Sequence
 
 import torch
 
+from adapt3d.utils.env import is_offline
+
 __all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
 
 TINY_NAME = "tiny"
@@ -40,12 +42,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 class PretrainedNotFoundError(FileNotFoundError):
     """Pretrained weights are neither a local folder nor available from the Hugging Face cache / hub."""
-
-
-def is_offline() -> bool:
-    """True when any of HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, ADAPT3D_OFFLINE is set to a true value."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ADAPT3D_OFFLINE"))
 
 
 def how_to_get(name: str, kind: str, flag: str) -> str:

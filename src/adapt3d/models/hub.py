@@ -34,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt3d.utils.env import is_offline
 from adapt3d.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
@@ -149,11 +150,6 @@ def cached_checkpoint_path(name: str, root: str | Path | None = None) -> Path:
     return (base / "checkpoints" / get_checkpoint(name).filename).absolute()
 
 
-def is_offline() -> bool:
-    truthy = ("1", "true", "yes", "on")
-    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -233,7 +229,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
                        timeout: float = 60.0) -> Path:
     """Return a local file for ``name_or_path``: an existing path as is, or a known name from/into the cache.
 
-    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE``); ``verify=True`` re-hashes
+    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``); ``verify=True`` re-hashes
     a cached file against the known or recorded sha256.
     """
     candidate = Path(name_or_path).expanduser()
@@ -253,6 +249,6 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
     if offline if offline is not None else is_offline():
         raise CheckpointNotFoundError(
             f"checkpoint {entry.name!r} is not in the cache and downloads are disabled (ADAPT3D_OFFLINE / "
-            f"HF_HUB_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  (licence: {entry.licence})")
+            f"HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  (licence: {entry.licence})")
     _download(entry, path, progress, timeout)
     return path
