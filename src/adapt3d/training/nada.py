@@ -37,11 +37,12 @@ from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.models.checkpoint import load_checkpoint
 from adapt3d.training.layer_selection import (candidate_rows, layers_for_rows, prefixes_for_parts,
                                                select_w_layers, set_trainable)
-from adapt3d.training.loop import TrainingDiverged, derive_seed
+from adapt3d.training.loop import TrainingDiverged
 from adapt3d.training.nada_config import ClipAdaptConfig, NadaConfig, resolved
 from adapt3d.training.run_folder import RunFolder, load_training_state
 from adapt3d.training.schedules import ema_beta, update_ema
 from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.seeds import derive_seed
 
 __all__ = ["ClipAdaptTrainer", "NadaTrainer", "ClipAdaptOutput", "nada_adam", "SAMPLE_YAWS"]
 
