@@ -93,7 +93,7 @@ def test_check_job_runs_tyro_then_the_pipeline_validation(tmp_path):
     assert res.validator == "adapt3d.pipelines.render.validate"
     assert [(e.field, "--trunc" in e.message) for e in res.errors] == [("trunc", True)]
     res = check_job("render", RenderConfig, render, {"preset": "tiny", "seeds": "0-1", "out": str(tmp_path / "r")})
-    assert res.ok and res.argv == ["--out", str(tmp_path / "r"), "--preset", "tiny", "--seeds", "0-1"]
+    assert res.ok and res.argv == ["--seeds", "0-1", "--out", str(tmp_path / "r"), "--preset", "tiny"]  # field order
     assert res.config.seeds == "0-1"
     res = check_job("render", RenderConfig, render, {"out": str(tmp_path / "r")})  # neither preset nor checkpoint
     assert not res.ok and "exactly one of --preset" in res.errors[0].message

@@ -33,6 +33,7 @@ from adapt3d.export.video import write_video
 from adapt3d.inversion.latent_file import LatentCode, check_architecture
 from adapt3d.inversion.projector import use_noise
 from adapt3d.models.latents import default_cameras
+from adapt3d.utils.io import to_jsonable
 
 __all__ = ["RenderLatentConfig", "RenderLatentResult", "render_latent", "VIEW_OFFSETS"]
 
@@ -167,7 +168,7 @@ def render_latent_job(G, options, source: dict | None = None) -> tuple[dict[str,
 
     t0 = time.time()
     done = render_latent(G, load_latent(options.latent), options.out, RenderLatentConfig.from_options(options))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    config = to_jsonable(asdict(options))
     atomic_write_json(Path(options.out) / "render.json", {
         "config": config, "generator": source or {}, "latent": str(options.latent), "files": done.files,
         "notes": done.notes, "seconds": round(time.time() - t0, 3)})

@@ -34,8 +34,8 @@ from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, pick, ren
                                       save_compare)
 from adapt3d.training.config import FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
-from adapt3d.utils.io import atomic_write_json, check_output_folder
-from adapt3d.utils.parsing import parse_seeds, resolve_device
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 
 __all__ = ["AdaptConfig", "AdaptResult", "run", "run_clip_method", "stage_configs", "validate"]
 
@@ -150,7 +150,7 @@ def _dataset_done(mcfg, job) -> bool:
     if not (summary.is_file() and job_file.is_file() and (folder / "dataset" / "dataset.json").is_file()):
         return False
     old = json.loads(summary.read_text()).get("config")
-    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(mcfg).items()}
+    now = to_jsonable(asdict(mcfg))
     same_job = json.loads(job_file.read_text()).get("fingerprint") == make_dataset_pipeline.job_json(job)["fingerprint"]
     return same_job and json.loads(json.dumps(now)) == old
 
@@ -185,7 +185,7 @@ def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
         raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
     changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
     if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        flags = ", ".join(flag_name(k) for k in changed)
         raise ValueError(f"{flags}: only used by --method datid3d; --method {method} trains with CLIP losses "
                          f"(see adapt3d {method} --help for its options)")
     prompts = tuple(getattr(adapt_cfg, "prompt", ()) or ())
@@ -247,7 +247,7 @@ def run(cfg: AdaptConfig) -> AdaptResult:
         kept = result.stages["dataset"].get("num_kept")
         result.notes.append(f"dataset {result.dataset}" + (f" ({kept} images kept)" if kept is not None else "")
                             + f"; adapted generator {result.final}; source vs adapted {result.files['compare']}")
-        summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        summary = {"config": to_jsonable(asdict(cfg)),
                    "stages": result.stages, "files": result.files, "notes": result.notes,
                    "seconds": round(result.seconds, 2)}
         atomic_write_json(Path(cfg.out) / "adapt.json", summary)

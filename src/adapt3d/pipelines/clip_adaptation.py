@@ -19,7 +19,7 @@ from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, newer, re
                                       save_compare)
 from adapt3d.training.nada_config import ClipAdaptConfig, identity_of, resolved
 from adapt3d.training.run_folder import RunFolder
-from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["build_clip_loss", "eval_config", "preflight", "train_stage", "output_stages", "write_summary"]
@@ -101,7 +101,7 @@ def train_stage(cfg: ClipAdaptConfig, device: torch.device, make_trainer: Callab
     clip_loss = build_clip_loss(cfg, device)
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
-    run_folder.write_options({"identity": identity, "options": json.loads(json.dumps(asdict(cfg), default=str)),
+    run_folder.write_options({"identity": identity, "options": to_jsonable(asdict(cfg)),
                               "resolved": {"steps": steps, "device": str(device), "generator": loaded.source,
                                            "clip_models": list(resolved(cfg, "clip_models")),
                                            "resume_from": str(resume_from) if resume_from else None,
@@ -148,6 +148,6 @@ def output_stages(cfg: ClipAdaptConfig, final: Path, device: torch.device, resul
 
 def write_summary(cfg: ClipAdaptConfig, result: AdaptResult, name: str, t0: float) -> None:
     result.seconds = time.time() - t0
-    doc = {"method": name, "config": json.loads(json.dumps(asdict(cfg), default=str)), "stages": result.stages,
+    doc = {"method": name, "config": to_jsonable(asdict(cfg)), "stages": result.stages,
            "files": result.files, "notes": result.notes, "seconds": round(result.seconds, 2)}
     atomic_write_json(Path(cfg.out) / f"{name}.json", doc)

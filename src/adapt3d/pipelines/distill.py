@@ -33,7 +33,7 @@ from adapt3d.models.text_conditioned import TextConditionedGenerator, TextCondit
 from adapt3d.training.distill import DistillOutput, DistillTrainer
 from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
 from adapt3d.training.run_folder import RunFolder
-from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["DistillConfig", "DistillOutput", "run", "resolve_models", "evaluate_prompts"]
@@ -161,7 +161,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
     options = {"identity": identity,
-               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+               "options": to_jsonable(vars(cfg)),
                "resolved": {"diffusion": diffusion, "clip_model": clip_name, "device": str(device),
                             "generator": loaded.source, "prompts": prompts, "conditioning": cond_cfg.to_dict(),
                             "conditioning_parameters": sum(p.numel() for p in model.conditioning_parameters()),

@@ -37,8 +37,8 @@ from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.render import render_views
-from adapt3d.utils.io import atomic_write_json, check_output_folder
-from adapt3d.utils.parsing import parse_seeds, resolve_device
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, check_trunc, parse_seeds, resolve_device
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
@@ -142,10 +142,6 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _check_generator(flag: str, value: str | None) -> None:
     from adapt3d.models.loading import check_generator_source
 
@@ -180,12 +176,8 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError(f"--num-samples/--seeds: need at least 2 samples, got {len(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: seeds must be distinct, got {cfg.seeds!r}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
-    for name in ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples",
-                 "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+    check_trunc(cfg.trunc)
+    check_at_least(cfg, ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples", "batch_size"))
     if cfg.kid_subset_size < 2:
         raise ValueError(f"--kid-subset-size: must be >= 2, got {cfg.kid_subset_size}")
     if len(cfg.view_yaws_deg) < 2:
@@ -435,7 +427,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         "models": {"adapted": _source_id(st.loaded["adapted"]), "source": _source_id(st.loaded["source"]),
                    "clip": st.clip_name, "lpips": lp.source if lp is not None else None,
                    "lpips_random_weights": bool(lp is not None and lp.random_weights)},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "settings": to_jsonable(asdict(cfg)),
         "seeds": seeds, "cameras": {"pose_sampler": cfg.pose_sampler, "seed": cfg.seed,
                                     "yaw": st.poses.yaw.tolist(), "pitch": st.poses.pitch.tolist()},
         "metrics": results, "warnings": st.warnings, "notes": st.notes + list(st.loaded["adapted"].notes),

@@ -29,7 +29,7 @@ from adapt3d.training.config import FinetuneConfig, options_for_identity, valida
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.training.loop import FinetuneOutput, Trainer, TrainingDiverged
 from adapt3d.training.run_folder import RunFolder
-from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["FinetuneConfig", "FinetuneOutput", "TrainingDiverged", "run", "default_discriminator",
@@ -129,7 +129,7 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
     run_folder.write_options({
         "identity": identity,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+        "options": to_jsonable(vars(cfg)),
         "resolved": {"world_size": info.world_size, "batch_gpu": batch_gpu, "device": str(device),
                      "generator": source, "dataset_images": dataset.num_images, "dataset_items": len(dataset),
                      "resume_from": str(resume_from) if resume_from else None},

@@ -28,7 +28,7 @@ from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
-from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
@@ -214,7 +214,7 @@ def run(cfg: GenerateConfig) -> GenerateResult:
                                  mesh_resolution=cfg.mesh_resolution, mesh_level=cfg.mesh_level,
                                  batch_size=cfg.batch_size, progress=cfg.progress, notes=result.notes)
     result.seconds = time.time() - t_start
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "diffusion": diffusion, "prompt": cfg.prompt, "seeds": seeds, "files": result.files,
                "notes": result.notes, "device": str(device),
                "timing": {"forward_s_per_sample": samples.seconds / len(seeds), "prompt_encoding_s": encode_s,

@@ -45,8 +45,8 @@ from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
 from adapt3d.pipelines.render import check_render_options
 from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, pick, render_stage,
                                       render_stage_config, save_compare)
-from adapt3d.utils.io import check_output_folder
-from adapt3d.utils.parsing import parse_seeds, resolve_device
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 
 __all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs"]
 
@@ -176,7 +176,7 @@ def validate(cfg: InstanceConfig) -> dict:
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_view"):
         if numbers[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {numbers[name]}")
+            raise ValueError(f"{flag_name(name)}: must be >= 1, got {numbers[name]}")
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
@@ -443,7 +443,7 @@ def run(cfg: InstanceConfig) -> AdaptResult:
     result.notes.append(f"instance {result.files['instance_latent']}; dataset {result.dataset}; adapted generator "
                         f"{result.final}; instance and seeds, source vs adapted: {result.files['compare']}")
     atomic_write_json(out / "adapt.json", {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": to_jsonable(asdict(cfg)),
         "generator": loaded.source, "diffusion": parts["diffusion"], "clip_model": parts["clip"],
         "stages": result.stages, "files": result.files, "notes": result.notes,
         "seconds": round(result.seconds, 2)})

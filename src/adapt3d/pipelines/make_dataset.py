@@ -40,8 +40,8 @@ from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.models.latents import default_cameras, map_seeds
-from adapt3d.utils.io import check_output_folder
-from adapt3d.utils.parsing import resolve_device
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, check_trunc, resolve_device
 
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
 
@@ -145,10 +145,6 @@ class _Job:
     shard: tuple[int, int] | None
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
     prompts = [p.strip() for p in cfg.prompt]
     if cfg.prompt_file is not None:
@@ -198,13 +194,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     prompts = resolve_prompts(cfg)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
-    for name in ("num_images", "samples_per_source", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("num_images", "samples_per_source", "batch_size"))
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
+    check_trunc(cfg.trunc)
     if cfg.diffusion_resolution is not None and (cfg.diffusion_resolution < 8 or cfg.diffusion_resolution % 8):
         raise ValueError(f"--diffusion-resolution: {cfg.diffusion_resolution} must be a multiple of 8")
     CLIPFilterConfig(cfg.clip_threshold, cfg.clip_top_fraction)
@@ -414,7 +407,7 @@ def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatase
     result.num_images, result.num_kept = fin.num_images, fin.num_kept
     result.files.update(fin.files)
     result.notes += fin.notes
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "diffusion": job.diffusion, "clip_model": job.clip, "num_images": fin.num_images,
                "num_kept": fin.num_kept, "rejected": fin.rejected, "generated_now": result.generated_now,
                "files": result.files, "notes": result.notes}
@@ -485,4 +478,4 @@ if __name__ == "__main__":  # python -m adapt3d.pipelines.make_dataset ... (e.g.
     except (ValueError, FileNotFoundError) as err:
         print(f"make-dataset: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(res).items()}))
+    print(json.dumps(to_jsonable(asdict(res))))

@@ -30,7 +30,7 @@ from adapt3d.models.cpu_kernels import kernel_status
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
-from adapt3d.utils.io import atomic_write_json, check_output_folder
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 
@@ -177,7 +177,7 @@ def render(cfg: RenderConfig) -> RenderResult:
             files.setdefault("mesh", []).append(str(save_mesh(out / f"seed{s:04d}.{cfg.mesh}", mesh)))
 
     result.seconds = time.time() - t0
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "generator": loaded.source, "seeds": seeds, "files": files, "notes": result.notes,
                "seconds": round(result.seconds, 3),
                "conv3x3_algorithm": current_conv3x3_algorithm() if device.type == "cpu" else "direct",

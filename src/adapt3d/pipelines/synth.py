@@ -27,8 +27,8 @@ from adapt3d.dst.render import CONTROL_KINDS, canny_edges, control_image, render
 from adapt3d.dst.viewpoints import (ViewpointConfig, check_viewpoint_config, parse_strategy, sample_viewpoint,
                                    stable_key)
 from adapt3d.export.images import save_image
-from adapt3d.utils.io import atomic_path, atomic_write_json, check_output_folder
-from adapt3d.utils.parsing import resolve_device
+from adapt3d.utils.io import atomic_path, atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, flag_name, resolve_device
 
 DEPTH_CONTROLNET = "lllyasviel/control_v11f1p_sd15_depth"
 
@@ -146,12 +146,10 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
     res = _resolved(cfg)
     for name in ("per_mesh", "resolution"):
         if res[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {res[name]}")
+            raise ValueError(f"{flag_name(name)}: must be >= 1, got {res[name]}")
     if res["resolution"] % 8:
         raise ValueError(f"--resolution: {res['resolution']} must be a multiple of 8 (diffusion latents)")
-    for name in ("samples_per_view", "batch_size", "llm_variants"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("samples_per_view", "batch_size", "llm_variants"))
     if cfg.control not in CONTROL_KINDS:
         raise ValueError(f"--control: {cfg.control!r} is not one of {CONTROL_KINDS}")
     canny_edges(np.zeros((8, 8, 3), np.uint8), cfg.canny_low, cfg.canny_high, cfg.canny_aperture)
@@ -313,7 +311,7 @@ def synth(cfg: SynthConfig) -> SynthResult:
 
     result.seconds = time.time() - t0
     result.files = {"views": len(views), "annotations": len(views) * samples}
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "resolved": res, "models": [{"class": m.class_name, "id": m.model_id, "path": str(m.path)}
                                            for m in models],
                "rendered_views": result.views, "generated_images": result.images, "skipped": result.skipped,

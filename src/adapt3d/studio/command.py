@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt3d.utils.io import check_output_folder
-from adapt3d.utils.parsing import resolve_device
+from adapt3d.utils.parsing import check_at_least, resolve_device
 
 __all__ = ["StudioConfig", "StudioResult", "validate", "build_server", "run"]
 
@@ -90,9 +90,7 @@ def validate(cfg: StudioConfig) -> None:
                              "'localhost'") from None
     if cfg.share and cfg.host != "127.0.0.1":
         raise ValueError(f"--share listens on 0.0.0.0; leave out --host {cfg.host} (or leave out --share)")
-    for name in ("max_jobs", "max_upload_pixels"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("max_jobs", "max_upload_pixels"))
     if not cfg.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb: must be > 0, got {cfg.max_upload_mb}")
     if cfg.preset is not None or cfg.checkpoint is not None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from adapt3d.diffusion.sds import check_sds_args
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_trunc, flag_name
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
            "resolved_steps"]
@@ -163,17 +165,9 @@ def parse_prompts(spec: str, arg: str = "--prompts") -> list[str]:
     return prompts
 
 
-def _plain(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
 def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
-    d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     d["prompts"] = list(prompts)
     return d
 
@@ -188,23 +182,22 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
                  "attn_heads", "d_reg_interval"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= 1, got {v!r}")
+            raise ValueError(f"{flag_name(name)}: must be an integer >= 1, got {v!r}")
     for name in ("adapter_hidden", "attn_dim", "attn_resolution", "neural_rendering_resolution"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= 1 or None, got {v!r}")
+            raise ValueError(f"{flag_name(name)}: must be an integer >= 1 or None, got {v!r}")
     for name in ("lr", "base_lr", "d_lr"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {v}")
+            raise ValueError(f"{flag_name(name)}: must be > 0, got {v}")
     for name in ("lambda_sds", "lambda_gan", "r1_gamma", "yaw_spread", "pitch_spread"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 0, got {v}")
+            raise ValueError(f"{flag_name(name)}: must be >= 0, got {v}")
     if cfg.lambda_sds == 0 and cfg.lambda_gan == 0:
         raise ValueError("--lambda-sds and --lambda-gan are both 0: nothing to train")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation")
+    check_trunc(cfg.trunc)
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
     if cfg.seed < 0:
@@ -215,7 +208,7 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError(f"--dataset: {cfg.dataset} does not exist (an EG3D dataset folder or zip)")
     from adapt3d.utils.parsing import parse_seeds
     for name in ("diversity_seeds", "sample_seeds", "eval_seeds"):
-        parse_seeds(getattr(cfg, name), "--" + name.replace("_", "-"))
+        parse_seeds(getattr(cfg, name), flag_name(name))
     if len(parse_seeds(cfg.diversity_seeds)) < 2:
         raise ValueError("--diversity-seeds: the diversity set needs at least 2 seeds")
     return prompts

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt3d.export.options import RenderStageOptions
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_trunc
 
 __all__ = ["ClipAdaptConfig", "NadaConfig", "DEFAULT_CLIP_MODELS", "resolved", "identity_of", "validate_common",
            "EVAL_METRICS"]
@@ -153,17 +155,9 @@ RESUME_NEUTRAL = frozenset({"out", "steps", "snapshot_steps", "tick_steps", "see
                             "device", "progress"})
 
 
-def _plain(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
 def identity_of(cfg: ClipAdaptConfig) -> dict:
     """The options (resolved) that define what is trained; compared when a run folder is resumed."""
-    d = {f.name: _plain(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    d = {f.name: to_jsonable(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     for name in ("style_image", "latent", "style_camera"):
         if d.get(name):
             d[name] = str(Path(d[name]).expanduser().resolve())
@@ -206,7 +200,7 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     _check(bool(cfg.train_parts) and all(p in TRAIN_PARTS or re.fullmatch(r"(backbone\.)?b\d+", p)
                                          for p in cfg.train_parts), "train-parts", cfg.train_parts,
            "parts among mapping, backbone, b4 ... b256, decoder, superresolution")
-    _check(0 <= cfg.train_trunc <= 2, "train-trunc", cfg.train_trunc, "a truncation psi in [0, 2]")
+    check_trunc(cfg.train_trunc, "--train-trunc")
     _check(cfg.neural_rendering_resolution is None or cfg.neural_rendering_resolution >= 8,
            "neural-rendering-resolution", cfg.neural_rendering_resolution, "None or an integer >= 8")
     _check(cfg.ema_kimg is None or cfg.ema_kimg > 0, "ema-kimg", cfg.ema_kimg, "None or > 0")

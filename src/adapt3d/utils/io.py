@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 @contextlib.contextmanager
@@ -76,3 +76,20 @@ def check_output_folder(out: str | os.PathLike, arg: str = "--out") -> Path:
     except OSError as e:
         raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
     return out
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON-friendly values, recursively: paths -> str, mappings -> dicts with str keys, tuples and lists ->
+    lists, numpy / torch scalars -> Python numbers; anything else as it is."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):  # an array of several values: left as it is
+            pass
+    return value

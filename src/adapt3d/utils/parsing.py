@@ -46,7 +46,7 @@ def check_at_least(config: object, fields: tuple[str, ...] | list[str], minimum:
     for name in fields:
         value = getattr(config, name)
         if value < minimum:
-            raise ValueError(f"--{prefix}{name.replace('_', '-')}: must be >= {minimum}, got {value}")
+            raise ValueError(f"{flag_name(prefix + name)}: must be >= {minimum}, got {value}")
 
 
 def check_trunc(value: float, flag: str = "--trunc") -> float:
