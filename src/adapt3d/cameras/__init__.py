@@ -47,6 +47,7 @@ from .samplers import (
     UniformPoseSamplerConfig,
     make_pose_sampler,
     orbit_trajectory,
+    video_trajectory,
     yaw_sweep,
 )
 
@@ -89,5 +90,6 @@ __all__ = [
     "UniformPoseSamplerConfig",
     "make_pose_sampler",
     "orbit_trajectory",
+    "video_trajectory",
     "yaw_sweep",
 ]

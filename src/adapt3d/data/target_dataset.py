@@ -10,8 +10,8 @@ a pure function of the job seed and an index, so any single image can be regener
 - prompt of target i: ``prompts[i % len(prompts)]`` (prompts x templates, expanded in order).
 
 ``pose_seed`` and ``diffusion_seed`` are :func:`adapt3d.utils.seeds.stream_seed` ``(seed, index, stream)``, i.e.
-``numpy.random.SeedSequence([seed, index, stream]).generate_state(1)`` (uint32; stream 1 = pose, 2 = diffusion). Work is split into batches of ``batch_size`` sources, aligned on fixed
-boundaries, and shard ``s`` of ``n`` owns batches ``b`` with ``b % n == s``: resumed and sharded runs compute every
+``numpy.random.SeedSequence([seed, index, stream]).generate_state(1)`` (uint32; stream 1 = pose, 2 = diffusion).
+Work is split into batches of ``batch_size`` sources, aligned on fixed boundaries, and shard ``s`` of ``n`` owns batches ``b`` with ``b % n == s``: resumed and sharded runs compute every
 batch with the same composition as one uninterrupted process, so they produce the same bytes.
 
 Working folder layout (``out/``): ``job.json``, ``manifest.jsonl`` (one :class:`TargetRecord` per line),

@@ -26,9 +26,10 @@ import torch
 
 from adapt3d.utils.env import is_offline
 
-__all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
+__all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME", "DEFAULT_DIFFUSION"]
 
 TINY_NAME = "tiny"
+DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"  # DATID-3D's and DreamPortrait's base model
 
 # kind -> (what it is, a file whose presence marks a complete folder, the tiny model's name in ensure_tiny_models)
 KINDS: dict[str, tuple[str, str, str]] = {

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapt3d.cameras import orbit_trajectory, yaw_sweep
+from adapt3d.cameras import video_trajectory
 from adapt3d.export.images import depth_to_image, label_images, make_grid, save_image, to_uint8
-from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.mesh import generator_mesh, save_mesh
 from adapt3d.export.options import MediaOptions
 from adapt3d.export.video import write_video
 from adapt3d.inversion.latent_file import LatentCode, check_architecture
@@ -77,25 +77,6 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
         return np.asarray(img)
 
 
-def _mesh(G, planes: torch.Tensor, cfg: RenderLatentConfig, device, notes: list[str]):
-    half = G.rendering.box_warp / 2
-    bounds = ((-half,) * 3, (half,) * 3)
-
-    def sigma(pts):
-        return G.sample_density(pts[None].to(device), planes=planes)["sigma"][0, :, 0]
-
-    def colors(v):
-        return G.sample_density(v[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)
-
-    grid = density_grid(sigma, bounds, cfg.mesh_resolution, progress=cfg.progress, device=device)
-    level = 10.0 if cfg.mesh_level is None else float(cfg.mesh_level)
-    lo, hi = float(grid.min()), float(grid.max())
-    if cfg.mesh_level is None and not lo < level < hi:
-        level = (lo + hi) / 2
-        notes.append(f"density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at the midpoint {level:.3g}")
-    return extract_mesh(grid, level, bounds, colors_fn=colors)
-
-
 @torch.no_grad()
 def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentConfig | None = None,
                   flag: str = "--latent") -> RenderLatentResult:
@@ -136,8 +117,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
             files["comparison"] = [str(save_image(out / "comparison.png", make_grid(labelled, nrow=3)))]
 
         if cfg.video != "none":
-            poses = orbit_trajectory(cfg.video_frames) if cfg.video == "orbit" else yaw_sweep(
-                cfg.video_frames, math.pi / 2 - 0.5, math.pi / 2 + 0.5)
+            poses = video_trajectory(cfg.video, cfg.video_frames)
             planes = G.planes(ws, noise_mode="const")
 
             def frames():
@@ -152,7 +132,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
 
         if cfg.mesh != "none":
             planes = G.planes(ws, noise_mode="const")
-            mesh = _mesh(G, planes, cfg, device, res.notes)
+            mesh = generator_mesh(G, planes, cfg.mesh_resolution, cfg.mesh_level, res.notes, progress=cfg.progress)
             files["mesh"] = [str(save_mesh(out / f"{cfg.name}.{cfg.mesh}", mesh))]
     return res
 

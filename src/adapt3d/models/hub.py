@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt3d.utils.env import is_offline
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.io import atomic_path, atomic_write_json, sha256_file
 
 __all__ = [
     "KnownCheckpoint",
@@ -150,14 +150,6 @@ def cached_checkpoint_path(name: str, root: str | Path | None = None) -> Path:
     return (base / "checkpoints" / get_checkpoint(name).filename).absolute()
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -229,8 +221,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
                        timeout: float = 60.0) -> Path:
     """Return a local file for ``name_or_path``: an existing path as is, or a known name from/into the cache.
 
-    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``); ``verify=True`` re-hashes
-    a cached file against the known or recorded sha256.
+    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``);
+    ``verify=True`` re-hashes a cached file against the known or recorded sha256.
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
@@ -249,6 +241,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
     if offline if offline is not None else is_offline():
         raise CheckpointNotFoundError(
             f"checkpoint {entry.name!r} is not in the cache and downloads are disabled (ADAPT3D_OFFLINE / "
-            f"HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  (licence: {entry.licence})")
+            f"HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  "
+            f"(licence: {entry.licence})")
     _download(entry, path, progress, timeout)
     return path

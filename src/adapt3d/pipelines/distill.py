@@ -28,24 +28,24 @@ from typing import Callable, Sequence
 
 import torch
 
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
+from adapt3d.diffusion.loading import DEFAULT_DIFFUSION
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.text_conditioned import TextConditionedGenerator, TextConditioningConfig
-from adapt3d.training.distill import DistillOutput, DistillTrainer
+from adapt3d.training.distill import DistillResult, DistillTrainer
 from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
 from adapt3d.training.run_folder import RunFolder
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
-__all__ = ["DistillConfig", "DistillOutput", "run", "resolve_models", "evaluate_prompts"]
-
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+__all__ = ["DistillConfig", "DistillResult", "run", "resolve_models", "evaluate_prompts"]
 
 
 def resolve_models(cfg: DistillConfig) -> tuple[str, str | None]:
     """(diffusion name, CLIP name or None) after the tiny-demo defaults."""
     tiny = cfg.preset == "tiny"
-    diffusion = cfg.diffusion or ("tiny" if tiny else "stabilityai/stable-diffusion-2-1-base")
-    clip = cfg.clip_model or ("tiny" if tiny else DEFAULT_CLIP)
+    diffusion = cfg.diffusion or ("tiny" if tiny else DEFAULT_DIFFUSION)
+    clip = cfg.clip_model or ("tiny" if tiny else DEFAULT_CLIP_MODEL)
     return diffusion, None if clip == "none" else clip
 
 
@@ -97,7 +97,7 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
     return metrics
 
 
-def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillOutput:
+def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillResult:
     """Distil as configured (see the module docstring). Raises ValueError naming the flag on bad input."""
     from adapt3d.diffusion.sds import ScoreDistillation
     t0 = time.time()

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.cameras import make_pose_sampler
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.metrics import clip_metrics, diversity, fid, lpips as lpips_mod
 from adapt3d.metrics.eval_report import write_eval_report
@@ -44,7 +45,6 @@ __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMP
 
 METRICS = ("clip", "diversity", "view", "fid")
 DEMO_PROMPT = "a 3D render of a face in Pixar style"
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 @dataclass
@@ -177,7 +177,8 @@ def validate(cfg: EvalConfig) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: seeds must be distinct, got {cfg.seeds!r}")
     check_trunc(cfg.trunc)
-    check_at_least(cfg, ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples", "batch_size"))
+    check_at_least(cfg, ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples",
+                         "batch_size"))
     if cfg.kid_subset_size < 2:
         raise ValueError(f"--kid-subset-size: must be >= 2, got {cfg.kid_subset_size}")
     if len(cfg.view_yaws_deg) < 2:
@@ -207,7 +208,7 @@ def validate(cfg: EvalConfig) -> list[int]:
 
 
 def _clip_name(cfg: EvalConfig) -> str:
-    return cfg.clip_model or ("tiny" if cfg.preset is not None else DEFAULT_CLIP)
+    return cfg.clip_model or ("tiny" if cfg.preset is not None else DEFAULT_CLIP_MODEL)
 
 
 def _load_lpips(cfg: EvalConfig, warnings: list[str]) -> lpips_mod.LPIPS:

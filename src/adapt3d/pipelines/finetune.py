@@ -27,12 +27,12 @@ from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.training.config import FinetuneConfig, options_for_identity, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
-from adapt3d.training.loop import FinetuneOutput, Trainer, TrainingDiverged
+from adapt3d.training.loop import FinetuneResult, Trainer, TrainingDiverged
 from adapt3d.training.run_folder import RunFolder
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import resolve_device
 
-__all__ = ["FinetuneConfig", "FinetuneOutput", "TrainingDiverged", "run", "default_discriminator",
+__all__ = ["FinetuneConfig", "FinetuneResult", "TrainingDiverged", "run", "default_discriminator",
            "check_dataset_for_generator", "prepare_dataset"]
 
 
@@ -111,7 +111,7 @@ def _components(cfg: FinetuneConfig, info, batch_gpu: int):
     return G, D, dataset, loaded.source, notes
 
 
-def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> FinetuneOutput:
+def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> FinetuneResult:
     """Fine-tune as configured; see the module docstring. Raises ValueError (naming the flag) on bad input."""
     t0 = time.time()
     info = world_info()

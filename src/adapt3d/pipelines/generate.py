@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from adapt3d.cameras import orbit_trajectory, yaw_sweep
+from adapt3d.cameras import video_trajectory
 from adapt3d.export.images import make_grid, save_image, to_uint8
-from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.mesh import generator_mesh, save_mesh
 from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
@@ -116,23 +116,6 @@ def generate_samples(model, text: torch.Tensor | None, seeds: list[int], cameras
     return GeneratedSamples(torch.cat(ws_all), torch.cat(planes_all), torch.cat(images), time.perf_counter() - t0)
 
 
-@torch.no_grad()
-def _mesh(model, planes: torch.Tensor, resolution: int, level: float | None, notes: list[str], seed: int):
-    half = model.rendering.box_warp / 2
-    bounds = ((-half,) * 3, (half,) * 3)
-    device = planes.device
-    query = lambda pts: model.base.sample_density(pts[None].to(device), planes=planes)["sigma"][0, :, 0]  # noqa
-    sigma = density_grid(query, bounds, resolution, device=device)
-    lvl = 10.0 if level is None else level
-    lo, hi = float(sigma.min()), float(sigma.max())
-    if level is None and not lo < lvl < hi:
-        lvl = (lo + hi) / 2
-        notes.append(f"seed {seed}: density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at the midpoint "
-                     f"{lvl:.3g} instead")
-    colors = lambda v: model.base.sample_density(v[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)  # noqa
-    return extract_mesh(sigma, lvl, bounds, colors_fn=colors)
-
-
 def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path, *, video: str = "none",
                   video_format: str = "mp4", video_frames: int = 48, fps: int = 24, mesh: str = "none",
                   mesh_resolution: int = 128, mesh_level: float | None = None, batch_size: int = 4,
@@ -148,8 +131,7 @@ def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path,
     files["grid"] = [str(save_image(out / "grid.png", make_grid(u8)))]
     n = len(seeds)
     if video != "none":
-        poses = orbit_trajectory(video_frames) if video == "orbit" else yaw_sweep(
-            video_frames, math.pi / 2 - 0.5, math.pi / 2 + 0.5)
+        poses = video_trajectory(video, video_frames)
 
         @torch.no_grad()
         def frames():
@@ -170,7 +152,7 @@ def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path,
         for k, s in enumerate(seeds):
             if mesh_seeds is not None and s not in mesh_seeds:
                 continue
-            m = _mesh(model, samples.planes[k:k + 1], mesh_resolution, mesh_level, notes, s)
+            m = generator_mesh(model.base, samples.planes[k:k + 1], mesh_resolution, mesh_level, notes, f"seed {s}: ")
             files.setdefault("mesh", []).append(str(save_mesh(out / f"seed{s:04d}.{mesh}", m)))
     return files
 

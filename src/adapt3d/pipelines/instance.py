@@ -38,13 +38,13 @@ from typing import Literal
 import torch
 
 from adapt3d.data.target_dataset import completed_indices
-from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.export.options import RenderStageOptions
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.finetune import finetune_done
-from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
 from adapt3d.pipelines.render import check_render_options
 from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, pick, render_stage,
                                       render_stage_config, save_compare)
+from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 
@@ -183,12 +183,9 @@ def validate(cfg: InstanceConfig) -> dict:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
     check_render_options(shows)
     validate_finetune_config(train)
-    tiny = cfg.preset == "tiny"
-    clip = None if cfg.clip_model == "none" else (
-        ("tiny" if tiny else "openai/clip-vit-base-patch32") if cfg.clip_model == "auto" else cfg.clip_model)
+    diffusion, clip = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip is None and cfg.clip_threshold is not None:
         raise ValueError("--clip-model none: --clip-threshold needs a CLIP model")
-    diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
@@ -258,9 +255,8 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
 
     from adapt3d.cameras import make_pose_sampler
     from adapt3d.data.manifest import Manifest
-    from adapt3d.data.target_dataset import MANIFEST, TargetPlan, TargetRecord, image_relpath, source_relpath
+    from adapt3d.data.target_dataset import MANIFEST, TargetPlan
     from adapt3d.data.target_filters import PoseConsistencyFilter
-    from adapt3d.export.images import save_image, to_uint8
     from adapt3d.inversion.projector import use_noise
 
     nums = parts["numbers"]
@@ -277,51 +273,21 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
             if all(it.index in done for it in items):
                 continue
             views = list(plan.batch_sources(b))
-            poses = [sampler.sample(1, torch.Generator().manual_seed(plan.item(j * plan.samples_per_source).pose_seed))
-                     for j in views]
-            yaw, pitch = torch.cat([p.yaw for p in poses]), torch.cat([p.pitch for p in poses])  # (S,)
-            if cfg.instance_latent is not None and views[0] == 0:  # view 0: the photo's own camera
+            yaw, pitch = source_poses(plan, sampler, views)  # (S,)
+            photo_view = cfg.instance_latent is not None and views[0] == 0
+            if photo_view:  # view 0: the photo's own camera
                 yaw[0], pitch[0] = code.yaw, code.pitch
             labels = default_cameras(G, yaw, pitch)  # (S, 25)
-            if cfg.instance_latent is not None and views[0] == 0:
+            if photo_view:
                 labels[0] = code.camera[0]  # exactly the photo's camera (its radius and field of view)
-            src = G.synthesis(ws_one.expand(len(views), -1, -1), labels.to(device), noise_mode="const",
-                              sampling="deterministic").image
-            src_u8 = to_uint8(src.cpu())  # (S, H, W, 3): what is saved and what diffusion sees
-            src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-            local = [it.source - views[0] for it in items]
-            out = translator(src_q[local], [it.prompt for it in items], negative_prompt=cfg.negative_prompt,
-                             strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-                             num_inference_steps=nums["num_inference_steps"],
-                             seeds=[it.diffusion_seed for it in items])
-            tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
-            tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-            scores: list[dict] = [{} for _ in items]
-            if scorer is not None:
-                for s, v in zip(scores, scorer.score(tgt_q, [it.prompt for it in items]).cpu().tolist()):
-                    s["clip"] = v
-            if pose_filter is not None:
-                def render(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                    c = default_cameras(G, y, p).to(device)
-                    return G.synthesis(ws_one.expand(len(y), -1, -1), c, noise_mode="const",
-                                       sampling="deterministic").image.cpu()
-                ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
-                for k, s in enumerate(scores):
-                    s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-            for k, it in enumerate(items):
-                if it.index in done:
-                    continue
-                j = it.source - views[0]
-                save_image(folder / source_relpath(it.source), src_u8[j])
-                save_image(folder / image_relpath(it.index), tgt_u8[k])
-                manifest.append(TargetRecord(
-                    index=it.index, source=it.source, sample=it.sample, latent_seed=latent_seed,
-                    pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
-                    negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
-                    label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-                    source_image=source_relpath(it.source), scores=scores[k]).to_dict())
-                made += 1
-                bar.update(1)
+            batch = translate_and_score(G, ws_one.expand(len(views), -1, -1), labels, yaw, pitch, items, views[0],
+                                        translator, scorer, pose_filter, negative_prompt=cfg.negative_prompt,
+                                        strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+                                        num_inference_steps=nums["num_inference_steps"])
+            n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt,
+                              latent_seed=latent_seed)
+            made += n
+            bar.update(n)
     bar.close()
     return made
 

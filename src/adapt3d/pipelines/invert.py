@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_at_least, flag_name, resolve_device
 
@@ -219,10 +220,10 @@ def _clip_name(cfg: InvertConfig) -> str | None:
     if cfg.clip_model != "auto":
         return cfg.clip_model
     try:
-        resolve_pretrained("openai/clip-vit-base-patch32", "clip")
+        resolve_pretrained(DEFAULT_CLIP_MODEL, "clip")
     except (PretrainedNotFoundError, ValueError):
         return None
-    return "openai/clip-vit-base-patch32"
+    return DEFAULT_CLIP_MODEL
 
 
 def run(cfg: InvertConfig) -> InvertResult:

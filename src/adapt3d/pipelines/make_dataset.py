@@ -32,20 +32,18 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.data.manifest import Manifest
-from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetRecord, completed_indices,
-                                         image_relpath, source_relpath)
+from adapt3d.data.target_dataset import JOB_JSON, MANIFEST, TargetPlan, completed_indices
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
 from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
-from adapt3d.export.images import save_image, to_uint8
 from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_at_least, check_trunc, resolve_device
 
-__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
+__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate"]
 
-DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"
 
 
 @dataclass
@@ -208,13 +206,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     if not 0 <= cfg.diversity_min_distance <= 2:
         raise ValueError(f"--diversity-min-distance: {cfg.diversity_min_distance} is not a cosine distance in "
                          "[0, 2]")
-    tiny = cfg.preset == "tiny"
-    clip_name = None if cfg.clip_model == "none" else (
-        ("tiny" if tiny else "openai/clip-vit-base-patch32") if cfg.clip_model == "auto" else cfg.clip_model)
+    diffusion, clip_name = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip_name is None and (cfg.clip_threshold is not None or cfg.clip_top_fraction is not None
                               or cfg.diversity_min_distance > 0):
         raise ValueError("--clip-model none: the CLIP and diversity filters need a CLIP model")
-    diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
@@ -331,48 +326,15 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
             continue
         sources = list(plan.batch_sources(b))
         ws = map_seeds(G, [plan.seed + j for j in sources], cfg.trunc, cfg.trunc_cutoff, device)
-        poses = [sampler.sample(1, torch.Generator().manual_seed(plan.item(j * plan.samples_per_source).pose_seed))
-                 for j in sources]
-        yaw, pitch = torch.cat([p.yaw for p in poses]), torch.cat([p.pitch for p in poses])  # (S,)
+        yaw, pitch = source_poses(plan, sampler, sources)  # (S,)
         labels = default_cameras(G, yaw, pitch)  # (S, 25)
-        src_img = G.synthesis(ws, labels.to(device), noise_mode="const", sampling="deterministic").image
-        src_u8 = to_uint8(src_img.cpu())  # (S, H, W, 3): what is saved, and what diffusion sees
-        src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # (S, 3, H, W) in [-1, 1]
-        local = [it.source - sources[0] for it in items]
-        out = translator(src_q[local], [it.prompt for it in items], negative_prompt=cfg.negative_prompt,
-                         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-                         num_inference_steps=cfg.num_inference_steps, seeds=[it.diffusion_seed for it in items],
-                         resolution=cfg.diffusion_resolution)
-        tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
-        tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-        scores: list[dict] = [{} for _ in items]
-        if scorer is not None:
-            clip = scorer.score(tgt_q, [it.prompt for it in items]).cpu()
-            for s, v in zip(scores, clip.tolist()):
-                s["clip"] = v
-        if pose_filter is not None:
-            def render(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                first = [local.index(k) for k in range(len(sources))]  # one render per source
-                c = default_cameras(G, y[first], p[first]).to(device)
-                img = G.synthesis(ws, c, noise_mode="const", sampling="deterministic").image.cpu()
-                return img[local]
-            ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
-            for k, s in enumerate(scores):
-                s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-        for k, it in enumerate(items):
-            if it.index in done:
-                continue
-            j = it.source - sources[0]
-            save_image(folder / source_relpath(it.source), src_u8[j])
-            save_image(folder / image_relpath(it.index), tgt_u8[k])
-            made += 1
-            rec = TargetRecord(index=it.index, source=it.source, sample=it.sample, latent_seed=it.latent_seed,
-                               pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
-                               negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
-                               label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-                               source_image=source_relpath(it.source), scores=scores[k])
-            manifest.append(rec.to_dict())
-            bar.update(1)
+        batch = translate_and_score(G, ws, labels, yaw, pitch, items, sources[0], translator, scorer, pose_filter,
+                                    negative_prompt=cfg.negative_prompt, strength=cfg.strength,
+                                    guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
+                                    resolution=cfg.diffusion_resolution)
+        n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt)
+        made += n
+        bar.update(n)
     bar.close()
     return made
 

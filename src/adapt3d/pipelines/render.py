@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adapt3d.cameras import orbit_trajectory, yaw_sweep
+from adapt3d.cameras import video_trajectory
 from adapt3d.export.images import depth_to_image, make_grid, save_image, to_uint8
-from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.mesh import generator_mesh, save_mesh
 from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.cpu_kernels import kernel_status
@@ -98,23 +98,6 @@ def render_views(G: TriPlaneGenerator, ws: torch.Tensor, c: torch.Tensor, batch_
     return torch.cat(images), torch.cat(depths)
 
 
-def _mesh_for(G, ws_one, cfg: RenderConfig, device, notes: list[str], seed: int):
-    half = G.rendering.box_warp / 2
-    bounds = ((-half,) * 3, (half,) * 3)
-    with torch.no_grad():
-        planes = G.planes(ws_one, noise_mode=cfg.noise_mode)
-        query = lambda pts: G.sample_density(pts[None].to(device), planes=planes)["sigma"][0, :, 0]  # noqa: E731
-        sigma = density_grid(query, bounds, cfg.mesh_resolution, progress=False, device=device)
-        level = 10.0 if cfg.mesh_level is None else cfg.mesh_level
-        lo, hi = float(sigma.min()), float(sigma.max())
-        if cfg.mesh_level is None and not lo < level < hi:
-            level = (lo + hi) / 2
-            notes.append(f"seed {seed}: density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at level "
-                         f"{level:.3g} (the midpoint) instead")
-        colors = lambda v: G.sample_density(v[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)  # noqa
-        return extract_mesh(sigma, level, bounds, colors_fn=colors)
-
-
 def render(cfg: RenderConfig) -> RenderResult:
     """Run the whole render job (see module docstring). Arguments are validated before any model is built."""
     from adapt3d.models.loading import load_generator
@@ -156,8 +139,7 @@ def render(cfg: RenderConfig) -> RenderResult:
     files["grid"] = [str(save_image(out / "grid.png", make_grid(images_u8)))]
 
     if cfg.video != "none":
-        poses = orbit_trajectory(cfg.video_frames) if cfg.video == "orbit" else yaw_sweep(
-            cfg.video_frames, math.pi / 2 - 0.5, math.pi / 2 + 0.5)
+        poses = video_trajectory(cfg.video, cfg.video_frames)
         planes = torch.cat([G.planes(ws[i:i + cfg.batch_size], noise_mode=cfg.noise_mode)
                             for i in range(0, n, cfg.batch_size)])
 
@@ -173,7 +155,8 @@ def render(cfg: RenderConfig) -> RenderResult:
 
     if cfg.mesh != "none":
         for k, s in enumerate(bar(seeds, desc="mesh", unit="seed")):
-            mesh = _mesh_for(G, ws[k:k + 1], cfg, device, result.notes, s)
+            planes = G.planes(ws[k:k + 1], noise_mode=cfg.noise_mode)
+            mesh = generator_mesh(G, planes, cfg.mesh_resolution, cfg.mesh_level, result.notes, f"seed {s}: ")
             files.setdefault("mesh", []).append(str(save_mesh(out / f"seed{s:04d}.{cfg.mesh}", mesh)))
 
     result.seconds = time.time() - t0

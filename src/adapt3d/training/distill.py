@@ -48,13 +48,13 @@ from adapt3d.utils.io import atomic_path, replace_folder
 from adapt3d.utils.parsing import parse_seeds
 from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["DistillTrainer", "DistillOutput", "make_training_pose_sampler"]
+__all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler"]
 
 STATE_FORMAT = "adapt3d-training-state"
 
 
 @dataclass
-class DistillOutput:
+class DistillResult:
     """Result of a distillation run; ``model`` is the trained generator (eval mode), ``final`` its folder."""
 
     out: Path
@@ -345,7 +345,7 @@ class DistillTrainer:
         self.run.log(f"snapshot {path}")
         return path
 
-    def run_training(self) -> DistillOutput:
+    def run_training(self) -> DistillResult:
         """Train until ``total_steps``; snapshots every ``snapshot_steps`` and at the end; the final checkpoint."""
         from tqdm.auto import tqdm
         cfg, t_start = self.cfg, time.time()
@@ -379,6 +379,6 @@ class DistillTrainer:
             final = self.write_checkpoint(self.run.final, with_state=False)
             self.run.log(f"done: {self.step} steps ({self.skipped} skipped); final checkpoint {final}")
         self.model.eval()
-        return DistillOutput(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
+        return DistillResult(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
                              seconds=time.time() - t_start)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from adapt3d.diffusion.sds import check_sds_args
+from adapt3d.diffusion.sds import SDSOptions
 from adapt3d.utils.io import to_jsonable
 from adapt3d.utils.parsing import check_trunc, flag_name
 
@@ -20,8 +20,8 @@ __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill
            "resolved_steps"]
 
 
-@dataclass
-class DistillConfig:
+@dataclass(kw_only=True)
+class DistillConfig(SDSOptions):
     """Distil a text-to-image diffusion model into a text-conditioned tri-plane generator (DreamPortrait): SDS
     over latents x cameras x prompts, condition adapters + gated tri-plane cross-attention, a GAN regulariser.
     Give the source generator with --preset or --generator."""
@@ -38,22 +38,6 @@ class DistillConfig:
     diffusion: str | None = None
     """Teacher: Stable Diffusion 1.x/2.x folder or Hugging Face id; default stabilityai/stable-diffusion-2-1-base
     ('tiny' with --preset tiny). Its frozen text encoder also conditions the generator."""
-    negative_prompt: str = ""
-    """Text of the unconditional branch of classifier-free guidance."""
-    guidance_scale: float = 100.0
-    """CFG scale s in eps_u + s (eps_c - eps_u) (threestudio's 100 is our 101)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
-    """SDS timestep range as fractions of the teacher's train timesteps."""
-    t_anneal: Literal["none", "linear", "sqrt"] = "none"
-    """Timestep annealing: none; linear (upper bound -> --t-max-final over the run); sqrt (HiFA, one t)."""
-    t_max_final: float = 0.5
-    """Final upper bound of linear annealing."""
-    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
-    """w(t): sds = 1 - a_t, uniform = 1, fantasia3d = sqrt(a_t) (1 - a_t)."""
-    grad_clip: float | None = None
-    """Clamp every SDS gradient entry to [-grad_clip, grad_clip] (None: off)."""
-    view_prompts: bool = True
-    """Append ', front view' / ', side view' / ', back view' from the camera yaw (teacher prompts only)."""
     steps: int | None = None
     """Optimiser steps; default 2000 (30 with --preset tiny, the built-in demo)."""
     batch: int = 4
@@ -175,7 +159,7 @@ def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
 def validate_distill_config(cfg: DistillConfig) -> list[str]:
     """Check every option that needs no model; returns the parsed prompts. ValueError names the flag."""
     prompts = parse_prompts(cfg.prompts)
-    check_sds_args(cfg.guidance_scale, cfg.t_range, cfg.weighting, cfg.grad_clip, cfg.t_anneal, cfg.t_max_final)
+    cfg.check_sds()
     if cfg.steps is not None and (isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps: must be an integer >= 1, got {cfg.steps!r}")
     for name in ("batch", "tick_steps", "diversity_steps", "snapshot_steps", "video_frames", "num_groups",

@@ -45,7 +45,7 @@ from adapt3d.training.schedules import blur_sigma_at, ema_beta, neural_rendering
 from adapt3d.utils.parsing import parse_seeds
 from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["Trainer", "FinetuneOutput", "TrainingDiverged", "FinetuneConfig"]
+__all__ = ["Trainer", "FinetuneResult", "TrainingDiverged", "FinetuneConfig"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal, the columns of the sample grids
 
@@ -55,7 +55,7 @@ class TrainingDiverged(ValueError):
 
 
 @dataclass
-class FinetuneOutput:
+class FinetuneResult:
     """Result of a run. ``generator`` is the EMA generator (eval mode), ``final`` its checkpoint folder."""
 
     out: Path
@@ -392,7 +392,7 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
-    def run_training(self) -> FinetuneOutput:
+    def run_training(self) -> FinetuneResult:
         """Train until ``cfg.kimg``; snapshots every ``snapshot_kimg`` and at the end; returns the result."""
         t0 = time.time()
         from tqdm.auto import tqdm
@@ -419,7 +419,7 @@ class Trainer:
             final = self.run.save_final(self.G_ema, self.D, meta)
             self.run.log(f"done: {self.step} steps, {self.cur_nimg / 1000:.3f} kimg; final checkpoint {final}")
             barrier()
-        return FinetuneOutput(out=self.run.out if self.run else Path("."), generator=self.G_ema,
+        return FinetuneResult(out=self.run.out if self.run else Path("."), generator=self.G_ema,
                               discriminator=self.D, step=self.step, cur_nimg=self.cur_nimg, final=final,
                               resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
                               seconds=time.time() - t0)
