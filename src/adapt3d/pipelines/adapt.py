@@ -30,8 +30,8 @@ from adapt3d.pipelines import finetune as finetune_pipeline
 from adapt3d.pipelines import make_dataset as make_dataset_pipeline
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import RenderConfig, check_render_options
-from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, pick, render_stage, render_stage_config,
-                                      save_compare)
+from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, finetune_stage_config, pick, render_stage,
+                                      render_stage_config, save_compare)
 from adapt3d.training.config import FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
@@ -116,11 +116,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
         device=cfg.device, progress=cfg.progress)
     kimg = pick(cfg.kimg, 200.0, 0.2, tiny)
-    train = FinetuneConfig(
-        dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, generator=cfg.generator,
-        kimg=kimg, batch=pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
-        snapshot_kimg=pick(cfg.snapshot_kimg, 50.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
-        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    train = finetune_stage_config(cfg, out, kimg=kimg, snapshot_kimg=50.0, tiny=tiny)
     shows = render_stage_config(cfg, out / "render", out / "train" / "final",
                                 video_frames=pick(cfg.video_frames, 48, 24, tiny),
                                 mesh_resolution=pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device,

@@ -42,8 +42,8 @@ from adapt3d.export.options import RenderStageOptions
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import check_render_options
-from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, pick, render_stage,
-                                      render_stage_config, save_compare)
+from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, finetune_stage_config, pick,
+                                      render_stage, render_stage_config, save_compare)
 from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
@@ -125,7 +125,6 @@ def config_from(options, **overrides) -> InstanceConfig:
 def stage_configs(cfg: InstanceConfig):
     """(numbers, FinetuneConfig, RenderConfig) of the run; numbers: num_images, samples_per_view, num_views,
     num_inference_steps."""
-    from adapt3d.training.config import FinetuneConfig
     tiny = cfg.preset == "tiny"
     out = Path(cfg.out)
     spv = pick(cfg.samples_per_view, 4, 2, tiny)
@@ -133,13 +132,7 @@ def stage_configs(cfg: InstanceConfig):
     numbers = {"num_images": n, "samples_per_view": spv, "num_views": math.ceil(n / max(spv, 1)),
                "num_inference_steps": pick(cfg.num_inference_steps, 50, 10, tiny)}
     kimg = pick(cfg.kimg, 50.0, 0.2, tiny)
-    known = {f.name for f in fields(FinetuneConfig)}
-    source = {"generator": cfg.generator} if "generator" in known else {"checkpoint": cfg.generator}
-    train = FinetuneConfig(
-        dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, **source, kimg=kimg,
-        batch=pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
-        snapshot_kimg=pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
-        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    train = finetune_stage_config(cfg, out, kimg=kimg, snapshot_kimg=10.0, tiny=tiny)
     shows = render_stage_config(cfg, out / "render", out / "train" / "final",
                                 video_frames=pick(cfg.video_frames, 48, 24, tiny),
                                 mesh_resolution=pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device,

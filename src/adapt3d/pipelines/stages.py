@@ -20,8 +20,10 @@ import torch
 from adapt3d.export.options import RenderStageOptions
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.render import RenderConfig, render
+from adapt3d.training.config import FinetuneConfig
 
-__all__ = ["AdaptResult", "COMPARE_YAWS", "compare_grid", "save_compare", "render_stage_config", "render_stage",
+__all__ = ["AdaptResult", "COMPARE_YAWS", "compare_grid", "save_compare", "finetune_stage_config",
+           "render_stage_config", "render_stage",
            "compare_is_current", "newer", "pick"]
 
 COMPARE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the three views per generator in compare.png
@@ -78,6 +80,18 @@ def save_compare(path: Path, source, adapted, seeds: list[int], trunc: float, de
 def newer(path: Path, than: Path) -> bool:
     """True when ``path`` is a file written after ``than``."""
     return path.is_file() and path.stat().st_mtime > than.stat().st_mtime
+
+
+def finetune_stage_config(cfg, out: Path, *, kimg: float, snapshot_kimg: float, tiny: bool) -> FinetuneConfig:
+    """The ``adapt3d finetune`` job of a DATID-3D run (``adapt`` and its instance mode): the dataset
+    OUT/target/dataset, the run folder OUT/train, ``kimg`` thousand images (resolved by the method), --batch
+    (default 20; tiny: 4), --freeze, --snapshot-kimg (default ``snapshot_kimg``; tiny: half the run), samples at
+    --seeds. ``cfg`` is the command's config."""
+    return FinetuneConfig(
+        dataset=Path(out) / "target" / "dataset", out=Path(out) / "train", preset=cfg.preset, generator=cfg.generator,
+        kimg=kimg, batch=pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        snapshot_kimg=pick(cfg.snapshot_kimg, snapshot_kimg, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
+        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
 
 
 def render_stage_config(options: RenderStageOptions, out: Path, checkpoint: Path, *, video_frames: int,
