@@ -114,3 +114,19 @@ def test_check_superresolution_module_accepts_dotted_and_bare_names():
         "SuperresolutionHybrid8XDC_afhq"
     assert check_superresolution_module("SuperresolutionHybrid2X") == "SuperresolutionHybrid2X"
 
+
+
+def test_user_renders_a_datid3d_cat_model_by_its_known_name(cat_pickle, tmp_path, monkeypatch, capsys):
+    # As a user: the file in the download cache under its released name, then `adapt3d render --checkpoint NAME`.
+    from adapt3d.cli.main import main
+    cache = tmp_path / "cache"
+    (cache / "checkpoints").mkdir(parents=True)
+    (cache / "checkpoints" / "cat-cat_in_Zootopia.pkl").write_bytes(cat_pickle.read_bytes())
+    monkeypatch.setenv("ADAPT3D_CACHE", str(cache))
+    monkeypatch.setenv("ADAPT3D_CPU_KERNELS", "off")  # a new cache would rebuild the C++ kernels (minutes)
+    rc = main(["render", "--checkpoint", "datid3d-cat_in_Zootopia", "--seeds", "0", "--out", str(tmp_path / "r"),
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "r" / "seed0000.png").is_file()
+    out = capsys.readouterr().out
+    assert "differs" not in out and "expected" not in out  # the file is what the name stands for
