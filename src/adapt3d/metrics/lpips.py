@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapt3d.models import hub
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = [
     "VGG16_LAYERS",
@@ -239,7 +240,9 @@ class LPIPS(nn.Module):
 
 def _torch_load(path: Path, what: str) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path, f"{what} {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for us
         raise ValueError(f"{what}: cannot read {path} as a weights-only torch file ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):

@@ -53,6 +53,7 @@ from adapt3d.models.eg3d_pickle_records import (
     short_repr,
     to_plain,
 )
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = [
     "load_eg3d_pickle",
@@ -146,7 +147,9 @@ def _safe_load_from_bytes(data: Any) -> torch.storage.TypedStorage:
     if not isinstance(data, bytes):
         raise _refuse(f"torch.storage._load_from_bytes: expected bytes, got {type(data).__name__}")
     try:
-        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        storage = load_weights_only(io.BytesIO(data), "the tensor storages of an EG3D pickle")
+    except OldTorchError:
+        raise
     except pickle.UnpicklingError as exc:
         raise _refuse(f"tensor storage bytes refused by torch's weights-only loader ({_torch_reason(exc)})") from None
     except Exception as exc:  # corrupt storage bytes
@@ -364,7 +367,7 @@ def _read_raw(path: Path) -> Any:
         head = f.read(2)
         if head[:2] == b"PK":
             raise EG3DCheckpointError(f"{path} is a zip archive (a torch.save checkpoint?), not an EG3D network "
-                                      "pickle; load it with torch.load(weights_only=True) instead")
+                                      "pickle (network-snapshot-*.pkl)")
         if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
             raise EG3DCheckpointError(f"{path} is not a pickle file (first bytes {head!r}; an EG3D network "
                                       "pickle starts with a protocol 2-5 header)")
@@ -373,6 +376,8 @@ def _read_raw(path: Path) -> Any:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
                 return _RestrictedUnpickler(_SizedReader(f, path.stat().st_size)).load()
+        except OldTorchError:
+            raise
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{exc} (file: {path})") from None
         except EG3DCheckpointError as exc:

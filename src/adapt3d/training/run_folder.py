@@ -28,6 +28,7 @@ import torch
 
 from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, replace_folder
+from adapt3d.utils.torch_load import load_weights_only
 
 __all__ = ["RunFolder", "TRAINING_STATE", "check_writable_folder"]
 
@@ -191,7 +192,7 @@ def load_training_state(snapshot: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"--resume: {snapshot} is not a training snapshot (no {TRAINING_STATE}); pass a "
                          "snapshots/snapshot-XXXXXX folder of a run")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path, f"--resume {path}")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"--resume: {path} is not an adapt3d training state")
     return state
