@@ -37,7 +37,7 @@ from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, render_views, resolve_device
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_text, parse_seeds
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
@@ -171,6 +171,8 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError("--prompt: required (the target text, e.g. 'a 3D render of a face in Pixar style')")
     if not cfg.source_prompt.strip():
         raise ValueError("--source-prompt: must be a non-empty text")
+    check_text(cfg.prompt or "", "--prompt", "prompt")
+    check_text(cfg.source_prompt, "--source-prompt", "prompt")
     unknown = sorted(set(cfg.metrics) - set(METRICS))
     if unknown or not cfg.metrics:
         raise ValueError(f"--metrics: unknown {unknown or 'empty'}; choose from {', '.join(METRICS)}")
@@ -199,7 +201,7 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError(f"--max-reference-images: must be >= 2, got {cfg.max_reference_images}")
     if "fid" in cfg.metrics:
         if cfg.reference is not None:
-            fid.list_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
+            fid.check_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
         if cfg.fid_feature == "inception" and not fid.inception_available():
             raise ValueError("--fid-feature inception: torch-fidelity is not installed (it needs torchvision, "
                              "which breaks transformers here); use --fid-feature clip")

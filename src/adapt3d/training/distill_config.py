@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from adapt3d.diffusion.sds import check_sds_args
+from adapt3d.utils.parsing import check_prompts, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
            "resolved_steps"]
@@ -149,13 +150,10 @@ def parse_prompts(spec: str, arg: str = "--prompts") -> list[str]:
     path = Path(spec).expanduser()
     if ";" not in spec and path.suffix in (".txt", ".prompts", ".lst") and not path.is_file():
         raise ValueError(f"{arg}: prompt file {path} does not exist")
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-        if not prompts:
-            raise ValueError(f"{arg}: {path} holds no prompt (one per line expected)")
+    if path.exists() and ";" not in spec:
+        prompts = read_prompt_file(path, arg)
     else:
-        prompts = [p.strip() for p in spec.split(";")]
+        prompts = [p.strip() for p in check_prompts(spec.split(";"), arg)]
         if any(not p for p in prompts):
             raise ValueError(f"{arg}: empty prompt in {spec!r}; separate prompts with ';'")
     if len(set(prompts)) != len(prompts):

@@ -190,11 +190,13 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     """Checks that need no model; ValueError naming the flag, the value and what is expected."""
     from adapt3d.clip.directional import load_templates
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.utils.parsing import parse_seeds
+    from adapt3d.utils.parsing import check_text, parse_seeds
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     _check(bool(cfg.prompt and cfg.prompt.strip()), "prompt", cfg.prompt, "give the target text, e.g. 'Pixar "
            "character'")
+    check_text(cfg.prompt, "--prompt", "prompt")
+    check_text(cfg.source_text, "--source-text")
     _check(bool(cfg.source_text.strip()), "source-text", cfg.source_text, "a non-empty text, e.g. 'photo'")
     _check(cfg.prompt.strip() != cfg.source_text.strip(), "prompt", cfg.prompt, "a text different from "
            "--source-text")
