@@ -28,7 +28,7 @@ def _os_error(exc: OSError) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         from adapt3d.utils.io import NoSpaceError
-        return str(exc.strerror if isinstance(exc, NoSpaceError) else f"no space left on device (writing{where})")
+        return str(exc) if isinstance(exc, NoSpaceError) else f"no space left on device (writing{where})"
     if exc.strerror:
         return f"{exc.strerror}:{where}" if where else exc.strerror
     return str(exc) or type(exc).__name__

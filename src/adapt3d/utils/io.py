@@ -21,6 +21,9 @@ _LOW_SPACE_BYTES = 64 << 20
 class NoSpaceError(OSError):
     """A write failed because the file system holding ``filename`` is full (or over quota)."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def _umask() -> int:
     """The process umask, read without changing it where the OS allows (os.umask(0) would race other threads)."""
