@@ -153,3 +153,14 @@ def test_mesh_coordinates_beyond_float_range_are_refused(tmp_path):
     mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n")
     with pytest.raises(ValueError, match="huge.obj"):
         load_cad_mesh(mesh)
+
+
+def test_adapt_refuses_a_non_utf8_prompt_before_any_folder_or_model(tmp_path, capsys):
+    out = tmp_path / "adapt"
+    code, err = _cli(capsys, "adapt", "--preset", "tiny", "--prompt", NOT_UTF8, "--out", str(out))
+    _one_line_error(code, err, "adapt3d adapt: error: --prompt", "not valid UTF-8")
+    assert not out.exists()  # no folder, so no job.json that would block it
+    code, err = _cli(capsys, "adapt", "--preset", "tiny", "--prompt", "x", "--video-frames", "99999999",
+                     "--out", str(out))
+    _one_line_error(code, err, "--video-frames", "99,999,999")
+    assert not out.exists()

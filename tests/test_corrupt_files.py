@@ -126,6 +126,12 @@ def test_user_errors_become_one_line(exc, needle):
     assert needle in user_error_message(exc)
 
 
+def test_download_and_cache_errors_are_user_errors():
+    from adapt3d.models.hub import ChecksumMismatchError
+    msg = user_error_message(ChecksumMismatchError("cached checkpoint /c/x.pkl ... delete it (rm /c/x.pkl)"))
+    assert msg.endswith("(rm /c/x.pkl)")
+
+
 def test_bugs_keep_their_traceback():
     assert user_error_message(KeyError("x")) is None and user_error_message(RuntimeError("shape mismatch")) is None
 

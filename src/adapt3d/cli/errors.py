@@ -35,11 +35,13 @@ def _os_error(exc: OSError) -> str:
 
 
 def user_error_message(exc: BaseException) -> str | None:
-    """One line for an error the user can fix (bad option, missing or corrupt file, full disk, too little memory,
-    too old torch), or None for an unexpected one."""
+    """One line for an error the user can fix (bad option, missing or corrupt file, failed download, full disk, too
+    little memory, too old torch), or None for an unexpected one."""
+    from adapt3d.models.hub import CheckpointDownloadError
     from adapt3d.utils.torch_load import OldTorchError
 
-    if isinstance(exc, (ValueError, OldTorchError)):  # our validation errors name the option already
+    # our validation errors name the option already; a failed download or a tampered cached file says what to do
+    if isinstance(exc, (ValueError, OldTorchError, CheckpointDownloadError)):
         return str(exc)
     if isinstance(exc, OSError):
         return _os_error(exc)
