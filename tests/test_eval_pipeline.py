@@ -193,3 +193,8 @@ def test_cli_flags_parse(tmp_path):
                                      "10", "--metrics", "clip", "view", "--num-samples", "4"])
     assert cfg.view_yaws_deg == (-10.0, 0.0, 10.0) and cfg.metrics == ("clip", "view") and cfg.num_samples == 4
     assert isinstance(cfg.out, Path) and torch.is_tensor(torch.tensor(cfg.view_yaws_deg))
+    assert cfg.fid_feature is None and cfg.lpips_net == "alex" and cfg.fid_inception_preprocess == "tensorflow"
+    cfg = tyro.cli(EvalConfig, args=["--out", str(tmp_path), "--fid-feature", "inception", "--inception-weights",
+                                     "w.pth", "--fid-inception-preprocess", "pytorch-fid", "--lpips-net", "vgg"])
+    assert (cfg.fid_feature, cfg.inception_weights, cfg.fid_inception_preprocess, cfg.lpips_net) == (
+        "inception", "w.pth", "pytorch-fid", "vgg")
