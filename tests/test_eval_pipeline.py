@@ -13,6 +13,7 @@ from PIL import Image
 
 from adapt3d.metrics.inception import InceptionWeightsNotFoundError
 from adapt3d.metrics.lpips import LPIPSWeightsNotFoundError
+from adapt3d.models.hub import ChecksumMismatchError
 from adapt3d.pipelines.evaluate import EvalConfig, run
 from adapt3d.testing.fixtures import tiny_models  # noqa: F401  (session fixture)
 from test_metrics_lpips import _write_official_alex_files, _write_official_files
@@ -148,6 +149,9 @@ def test_errors_name_the_flag_before_any_model_is_built(cache, checkpoints, tiny
         run(EvalConfig(metrics=("fid",), **real))
     with pytest.raises(InceptionWeightsNotFoundError, match="pt_inception"):  # also when asked for in a demo
         run(EvalConfig(preset="tiny", fid_feature="inception", out=out))
+    with pytest.raises(ChecksumMismatchError, match="expected 0000"):  # a wrong file fails before rendering
+        run(EvalConfig(metrics=("fid",), inception_weights=str(checkpoints["heads"]), inception_sha256="0" * 64,
+                       **real))
     assert not (out / "metrics.json").exists() and not (out / "samples").exists()
 
 

@@ -331,11 +331,16 @@ class InceptionFeatures(nn.Module):
         return self.network(self.normalize(images))  # (B, 2048)
 
 
-def resolve_inception_weights(weights: str | os.PathLike | None = None, sha256: str | None = None) -> Path:
-    """The local weight file for ``weights`` (see :func:`load_inception`), downloaded into the cache when allowed;
-    raises :class:`InceptionWeightsNotFoundError` naming the file and where to get it. Nothing is loaded."""
-    return resolve_weight_file(weights, _KNOWN[INCEPTION_WEIGHTS], _KNOWN, sha256=sha256,
-                               error=InceptionWeightsNotFoundError, explain=_missing_message)
+def resolve_inception_weights(weights: str | os.PathLike | None = None,
+                              sha256: str | None = None) -> tuple[Path, str]:
+    """The local weight file for ``weights`` (see :func:`load_inception`), downloaded into the cache when allowed,
+    and its sha256, checked (the published one for the known file, ``sha256`` when given). Raises
+    :class:`InceptionWeightsNotFoundError` naming the file and where to get it. Nothing is loaded."""
+    known = _KNOWN[INCEPTION_WEIGHTS]
+    path = resolve_weight_file(weights, known, _KNOWN, sha256=sha256, error=InceptionWeightsNotFoundError,
+                               explain=_missing_message)
+    by_name = weights is None or os.fspath(weights) == INCEPTION_WEIGHTS
+    return path, check_weight_file(path, sha256 or (known.sha256 if by_name else None), what="Inception weights")
 
 
 def load_inception(weights: str | os.PathLike | None = None, *, sha256: str | None = None,
@@ -347,15 +352,12 @@ def load_inception(weights: str | os.PathLike | None = None, *, sha256: str | No
     if preprocess not in INCEPTION_PREPROCESS:
         raise ValueError(f"`preprocess` (--fid-inception-preprocess) must be one of {', '.join(INCEPTION_PREPROCESS)}"
                          f", got {preprocess!r}")
-    known = _KNOWN[INCEPTION_WEIGHTS]
-    path = resolve_inception_weights(weights, sha256)
-    by_name = weights is None or os.fspath(weights) == INCEPTION_WEIGHTS
-    digest = check_weight_file(path, sha256 or (known.sha256 if by_name else None), what="Inception weights")
+    path, digest = resolve_inception_weights(weights, sha256)
     with torch.device("meta"):  # no random init of 24M parameters: the file's tensors are assigned
         network = FIDInceptionV3()
     load_inception_state_dict(path, network)
     return InceptionFeatures(network, preprocess, source={
-        "weights": str(path), "sha256": digest, "published_weights": digest == known.sha256,
+        "weights": str(path), "sha256": digest, "published_weights": digest == _KNOWN[INCEPTION_WEIGHTS].sha256,
         "network": "inception-v3 (TensorFlow 2015-12-05 graph), pool3 2048", "preprocess": preprocess})
 
 

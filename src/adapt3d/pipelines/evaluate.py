@@ -219,7 +219,7 @@ def validate(cfg: EvalConfig) -> list[int]:
     if "fid" in cfg.metrics:
         if cfg.reference is not None:
             fid.list_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
-        if _fid_feature(cfg) == "inception":  # raises naming the file, its URL and --fid-feature clip
+        if _fid_feature(cfg) == "inception":  # raises naming the file, its URL and --fid-feature clip; checks sha256
             inception.resolve_inception_weights(cfg.inception_weights, cfg.inception_sha256)
     from adapt3d.diffusion.loading import resolve_pretrained
     resolve_pretrained(_clip_name(cfg), "clip", "--clip-model")  # every metric group uses CLIP embeddings
