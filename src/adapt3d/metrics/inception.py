@@ -212,7 +212,8 @@ class InceptionE(nn.Module):
 
 class FIDInceptionV3(nn.Module):
     """The FID Inception-v3 network on normalised 299 x 299 inputs (B, 3, 299, 299) in [-1, 1]. ``forward``
-    returns pool3 (B, 2048); ``logits`` the 1008 class logits (unused by FID/KID; kept so the file's keys match)."""
+    returns pool3 (B, 2048). ``fc`` (the 1008-class head) is loaded so the file's keys match, but not used (no
+    Inception Score here)."""
 
     def __init__(self):
         super().__init__()
@@ -245,9 +246,6 @@ class FIDInceptionV3(nn.Module):
         x = self.Mixed_7a(x)  # (B, 1280, 8, 8)
         x = self.Mixed_7c(self.Mixed_7b(x))  # (B, 2048, 8, 8)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 2048) pool3
-
-    def logits(self, pool3: torch.Tensor) -> torch.Tensor:
-        return self.fc(pool3)  # (B, 1008)
 
 
 # ----------------------------------------------------------------------------------------------------------------
