@@ -106,6 +106,8 @@ def resolve_weight_file(spec: str | os.PathLike | None, default: WeightFile,
             return hub.resolve_checkpoint(entry.name)
     except hub.CheckpointNotFoundError as e:
         raise error(explain(f"weights {text!r} are not available ({e})")) from e
+    except hub.CachedFileChangedError:  # its own message says how to download it again
+        raise
     except hub.CheckpointDownloadError as e:
         raise error(explain(f"weights {text!r} could not be fetched ({e})")) from e
 

@@ -44,6 +44,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointDownloadError",
     "ChecksumMismatchError",
+    "CachedFileChangedError",
     "register_checkpoint",
     "unregister_checkpoint",
     "known_checkpoints",
@@ -76,6 +77,10 @@ class CheckpointDownloadError(RuntimeError):
 
 class ChecksumMismatchError(CheckpointDownloadError):
     """A downloaded (or cached) file does not have the expected sha256 / size."""
+
+
+class CachedFileChangedError(ChecksumMismatchError):
+    """A file in the cache no longer matches the sha256 it was verified with (corrupted or tampered with)."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,7 @@ def _check_cached(entry: KnownCheckpoint, path: Path, verify: bool) -> None:
         what = (f"has {actual_size} bytes, {size} were downloaded" if digest is None else
                 f"has sha256 {digest[:16]}..., not the {expected[:16]}... "
                 f"{'published' if entry.sha256 else 'recorded when it was first downloaded'}")
-        raise ChecksumMismatchError(
+        raise CachedFileChangedError(
             f"cached checkpoint {path} {what}: it changed on disk (corruption or tampering) and is not used. To "
             f"download it again, delete it (rm {path}) and run the command again; the new copy is checked against "
             f"the same sha256. If you replaced it on purpose, delete {_sidecar(path)} too.")
