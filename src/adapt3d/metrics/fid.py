@@ -24,7 +24,6 @@ Features (``feature``):
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import warnings
