@@ -164,3 +164,12 @@ def test_adapt_refuses_a_non_utf8_prompt_before_any_folder_or_model(tmp_path, ca
                      "--out", str(out))
     _one_line_error(code, err, "--video-frames", "99,999,999")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command,extra", [("nada", ["--prompt", "x"]), ("itportrait", ["--prompt", "x"]),
+                                           ("distill", ["--prompts", "x;y"])])
+def test_training_commands_bound_their_videos_and_meshes(tmp_path, capsys, command, extra):
+    out = tmp_path / "o"
+    code, err = _cli(capsys, command, "--preset", "tiny", *extra, "--video-frames", "50000", "--out", str(out))
+    _one_line_error(code, err, "--video-frames", "50,000")
+    assert not out.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from adapt3d.diffusion.sds import check_sds_args
-from adapt3d.utils.parsing import check_prompts, read_prompt_file
+from adapt3d.utils.parsing import check_prompts, check_view_outputs, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
            "resolved_steps"]
@@ -205,6 +205,8 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation")
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames,
+                       mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none" else None)
     if cfg.seed < 0:
         raise ValueError(f"--seed: must be >= 0, got {cfg.seed}")
     if not str(cfg.resume):
