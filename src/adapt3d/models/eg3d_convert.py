@@ -85,8 +85,7 @@ def generator_from_record(record, where: str = "checkpoint") -> TriPlaneGenerato
                                   "rendering_kwargs['superresolution_module'] names "
                                   f"{config.rendering.superresolution_module!r}")
     with torch.device("meta"):
-        G = TriPlaneGenerator(config)
-    G = G.to_empty(device="cpu")
+        G = TriPlaneGenerator(config)  # given memory by load_state_strict once the weights are known to fit
     state = dict(record.state_dict)
     if "dataset_label_std" not in state:  # snapshots have it; hand-made pickles may not
         state["dataset_label_std"] = torch.ones(max(config.c_dim, 1))
@@ -99,7 +98,6 @@ def discriminator_from_record(record, where: str = "checkpoint"):
     config = discriminator_config_from_official(record.init_kwargs)
     with torch.device("meta"):
         D = build_discriminator(config)
-    D = D.to_empty(device="cpu")
     load_state_strict(D, dict(record.state_dict), where)
     return D.eval()
 

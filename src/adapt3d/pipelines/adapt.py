@@ -36,7 +36,7 @@ from adapt3d.pipelines.render import resolve_device
 from adapt3d.training.config import AugmentOp, FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_prompts, check_view_outputs, parse_seeds
 
 __all__ = ["AdaptConfig", "AdaptResult", "run", "stage_configs", "COMPARE_YAWS"]
 
@@ -168,13 +168,12 @@ def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
     mcfg, fcfg, rcfg = stages
     if not cfg.prompt:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
-    check_output_folder(Path(cfg.out))
+    check_prompts(cfg.prompt)
     parse_seeds(cfg.seeds)
     if not 0 <= cfg.trunc <= 2:
         raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
-    for name in ("video_frames", "mesh_resolution"):
-        if getattr(rcfg, name) < (8 if name == "mesh_resolution" else 1):
-            raise ValueError(f"--{name.replace('_', '-')}: {getattr(rcfg, name)} is too small")
+    check_view_outputs(video_frames=rcfg.video_frames, mesh_resolution=rcfg.mesh_resolution)
+    check_output_folder(Path(cfg.out))
     validate_finetune_config(fcfg, world_info().world_size)
     return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
 

@@ -172,7 +172,7 @@ def validate(cfg: InstanceConfig) -> dict:
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
-    from adapt3d.utils.parsing import parse_seeds
+    from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, check_view_outputs, parse_seeds
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     if (cfg.instance_seed is None) == (cfg.instance_latent is None):
@@ -184,15 +184,14 @@ def validate(cfg: InstanceConfig) -> dict:
         raise ValueError("--instance-seed/--instance-latent: instance-selected adaptation runs in one process; "
                          "start it without torchrun")
     latent = load_latent(cfg.instance_latent, "--instance-latent") if cfg.instance_latent is not None else None
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if not prompts:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
     numbers, train, shows = stage_configs(cfg)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, numbers["num_inference_steps"], "pndm",
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_view"):
-        if numbers[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {numbers[name]}")
+        check_int(numbers[name], f"--{name.replace('_', '-')}", 1, MAX_NUM_IMAGES)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
     if not 0 <= cfg.trunc <= 2:
@@ -200,9 +199,7 @@ def validate(cfg: InstanceConfig) -> dict:
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
     parse_seeds(cfg.seeds)
-    if shows.video_frames < 1 or shows.mesh_resolution < 8:
-        raise ValueError(f"--video-frames must be >= 1 and --mesh-resolution >= 8, got {shows.video_frames}, "
-                         f"{shows.mesh_resolution}")
+    check_view_outputs(video_frames=shows.video_frames, mesh_resolution=shows.mesh_resolution)
     validate_finetune_config(train)
     tiny = cfg.preset == "tiny"
     clip = None if cfg.clip_model == "none" else (

@@ -42,6 +42,7 @@ from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, read_prompt_file
 
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
 
@@ -154,13 +155,9 @@ def _flag(name: str) -> str:
 
 
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if cfg.prompt_file is not None:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompt-file: {path} does not exist")
-        prompts += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and not ln.strip().startswith("#")]
+        prompts += read_prompt_file(cfg.prompt_file)
     if not prompts:
         raise ValueError("--prompt: give at least one prompt (--prompt 'a zombie' or --prompt-file prompts.txt)")
     if any(not p for p in prompts):
@@ -203,8 +200,7 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_source", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+        check_int(getattr(cfg, name), _flag(name), 1, MAX_NUM_IMAGES)
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
     if not 0 <= cfg.trunc <= 2:
