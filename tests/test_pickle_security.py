@@ -190,6 +190,7 @@ def test_allow_list_is_exactly_what_eg3d_needs() -> None:
         "training.volumetric_rendering.renderer.ImportanceRenderer",
         "training.volumetric_rendering.ray_marcher.MipRayMarcher2",
         "training.volumetric_rendering.ray_sampler.RaySampler", "torch.nn.modules.activation.Softplus",
+        "training.superresolution.SuperresolutionHybrid8XDC_afhq",
         "torch.nn.modules.container.Sequential"}
 
 

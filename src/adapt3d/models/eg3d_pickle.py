@@ -215,6 +215,7 @@ _BY_REFERENCE = (
     "training.volumetric_rendering.renderer.ImportanceRenderer",
     "training.volumetric_rendering.ray_marcher.MipRayMarcher2",
     "training.volumetric_rendering.ray_sampler.RaySampler",
+    "training.superresolution.SuperresolutionHybrid8XDC_afhq",  # DATID-3D's cat SR head (not a persistent class)
     "torch.nn.modules.activation.Softplus",
     "torch.nn.modules.container.Sequential",
 )

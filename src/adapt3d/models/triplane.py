@@ -233,8 +233,10 @@ def _ffhq(**overrides) -> TriPlaneGeneratorConfig:
 PRESETS: dict[str, TriPlaneGeneratorConfig] = {
     # train.py --cfg=ffhq --gen_pose_cond=True --gpc_reg_prob=0.8, 512 px output from 128 px neural rendering.
     "ffhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8)),
-    # --cfg=afhq: same network, cats' average camera pivot.
-    "afhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8, avg_camera_pivot=[0.0, 0.0, -0.06])),
+    # --cfg=afhq: cats' average camera pivot; the released AFHQ model has 8X's super-resolution channels (see
+    # adapt3d.models.known_models).
+    "afhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8, avg_camera_pivot=[0.0, 0.0, -0.06],
+                                               superresolution_module="SuperresolutionHybrid8X")),
     # --cfg=shapenet: 128 px output from 64 px rendering, white background, larger box, no pose conditioning.
     "shapenet128": TriPlaneGeneratorConfig(
         img_resolution=128, neural_rendering_resolution=64, camera_fov_deg=49.134,

@@ -95,6 +95,11 @@ class InstanceConfig:
     """Fine-tuning batch size (default 20; tiny: 4)."""
     freeze: tuple[str, ...] = ()
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    neural_rendering_schedule: Literal["auto", "datid3d", "fixed"] = "auto"
+    """Fine-tuning render resolution (see adapt3d finetune --help): auto = DATID-3D's 64 -> 128 schedule for
+    official 512 px weights, the generator's resolution for --preset."""
+    augment_ops: tuple[str, ...] = ("xflip", "xint", "color")
+    """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default 10; tiny: half the run)."""
     seeds: str = "0-3"
@@ -147,6 +152,7 @@ def stage_configs(cfg: InstanceConfig):
     train = FinetuneConfig(
         dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, **source, kimg=kimg,
         batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
         snapshot_kimg=_pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
         sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     shows = RenderConfig(

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +79,9 @@ class MakeDatasetConfig:
     """Number of w layers truncated (None = all; DATID-3D's 14 = all for 512 px FFHQ)."""
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Render-camera sampler (sinusoidal = DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
+    camera_pivot: tuple[float, float, float] | None = None
+    """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
+    0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
     diffusion: str = "auto"
     """SD 1.x/2.x img2img model: Hugging Face id, local folder, or 'tiny'; auto = tiny with --preset tiny, else
     stabilityai/stable-diffusion-2-1-base."""
@@ -232,6 +236,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
+    if cfg.camera_pivot is not None:  # only when given, so that older job folders keep their fingerprint
+        if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
+            raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
+        fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
     job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard)
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
@@ -395,11 +403,20 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
     if need_generation:
         loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
-        models["notes"] += loaded.notes
+        models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
                                                                  scheduler=cfg.scheduler)
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
+
+
+def _set_camera_pivot(G, pivot) -> str:
+    """Point the source generator's default cameras (renders and mapping) at ``pivot`` or DATID-3D's choice."""
+    from adapt3d.models.known_models import datid3d_data_pivot
+    chosen = [float(v) for v in pivot] if pivot is not None else datid3d_data_pivot(G.rendering)
+    G.rendering = replace(G.rendering, avg_camera_pivot=chosen)
+    how = "--camera-pivot" if pivot is not None else "DATID-3D's choice for this generator"
+    return f"cameras look at {chosen} ({how})"
 
 
 def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatasetResult) -> MakeDatasetResult:
