@@ -11,10 +11,12 @@ from typing import Sequence
 
 import tyro
 
+from adapt3d.cli.errors import split_debug_flag, user_error_message
 from adapt3d.pipelines.registry import COMMANDS as PIPELINE_COMMANDS
 from adapt3d.pipelines.registry import Command
 from adapt3d.studio.command import StudioConfig
 from adapt3d.studio.command import run as studio
+from adapt3d.utils.io import new_folder_removed_if_empty
 
 # Every pipeline command of the registry, and the studio (a front end over the same registry).
 COMMANDS: dict[str, Command] = {
@@ -23,21 +25,23 @@ COMMANDS: dict[str, Command] = {
                       "browse run folders (127.0.0.1)."),
 }
 
-# Errors a user can fix: printed as one line naming the argument, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
     cfg = tyro.extras.subcommand_cli_from_dict(
         {name: command.config for name, command in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
     run = next(command.run for command in COMMANDS.values() if isinstance(cfg, command.config))
     try:
-        result = run(cfg)
-    except USER_ERRORS as e:
-        print(f"adapt3d {name or ''}: error: {e}", file=sys.stderr)
+        out = getattr(cfg, "out", None)
+        with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):
+            result = run(cfg)
+    except Exception as e:  # errors a user can fix: one line (cli/errors.py); anything else: the traceback
+        message = None if debug else user_error_message(e)
+        if message is None:
+            raise
+        print(f"adapt3d {name or ''}: error: {message}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0

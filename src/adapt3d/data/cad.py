@@ -77,6 +77,9 @@ class CadMesh:
     source: Path
 
 
+MAX_COORDINATE = 1e12
+
+
 def file_to_object(points: np.ndarray, up_axis: str = "y") -> np.ndarray:
     """File-frame points (..., 3) -> object frame (+z up). ``up_axis='y'``: (x, y, z) -> (x, -z, y)."""
     points = np.asarray(points, dtype=np.float64)
@@ -129,6 +132,12 @@ def load_cad_mesh(path: str | Path, up_axis: str = "y",
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if not np.isfinite(vertices).all():
         raise ValueError(f"mesh file {path} has non-finite vertex coordinates")
+    biggest = float(np.abs(vertices).max())
+    if biggest > MAX_COORDINATE:  # beyond this, areas and extents overflow float64 arithmetic
+        raise ValueError(f"mesh file {path} has vertex coordinates up to {biggest:.3g}; expected |coordinate| <= "
+                         f"{MAX_COORDINATE:.0e} (any unit: the mesh is rescaled to a unit box)")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ValueError(f"mesh file {path} has faces that index missing vertices")
     colors = _colors(mesh)
     obj = file_to_object(vertices, up_axis)
     lo, hi = obj.min(0), obj.max(0)

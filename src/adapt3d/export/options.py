@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from adapt3d.utils.parsing import check_at_least, check_trunc, parse_seeds
+from adapt3d.utils.parsing import check_at_least, check_trunc, check_view_outputs, parse_seeds
 
 __all__ = ["VideoKind", "MeshFormat", "SeedOptions", "ViewOptions", "MediaOptions", "RenderStageOptions"]
 
@@ -50,11 +50,12 @@ class ViewOptions(SeedOptions):
     """Samples per forward pass (>= 1)."""
 
     def check_views(self) -> list[int]:
-        """Check the seeds, truncation and batch size; returns the parsed seeds."""
+        """Check the seeds, truncation, camera offsets and batch size; returns the parsed seeds."""
         seeds = self.check_seeds()
         if self.trunc_cutoff is not None and self.trunc_cutoff < 0:
             raise ValueError(f"--trunc-cutoff: must be >= 0 or None, got {self.trunc_cutoff}")
         check_at_least(self, ("batch_size",))
+        check_view_outputs(yaw_deg=self.yaw_deg, pitch_deg=self.pitch_deg)
         return seeds
 
 
@@ -77,9 +78,10 @@ class MediaOptions:
     (with a note) when the field never crosses 10, as for untrained models."""
 
     def check_media(self) -> None:
+        """Check the video and mesh options (the mesh resolution only when a mesh is written)."""
         check_at_least(self, ("video_frames", "fps", "mesh_resolution"))
-        if self.mesh != "none":
-            check_at_least(self, ("mesh_resolution",), 8)
+        check_view_outputs(video_frames=self.video_frames,
+                           mesh_resolution=self.mesh_resolution if self.mesh != "none" else None)
 
 
 @dataclass

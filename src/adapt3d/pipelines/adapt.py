@@ -32,10 +32,10 @@ from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import RenderConfig, check_render_options
 from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, finetune_stage_config, pick, render_stage,
                                       render_stage_config, save_compare)
-from adapt3d.training.config import FinetuneConfig, validate_finetune_config
+from adapt3d.training.config import AugmentOp, FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
-from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
+from adapt3d.utils.parsing import check_prompts, flag_name, parse_seeds, resolve_device
 
 __all__ = ["AdaptConfig", "AdaptResult", "run", "run_clip_method", "stage_configs", "validate"]
 
@@ -89,6 +89,11 @@ class AdaptConfig(RenderStageOptions):
     """Fine-tuning batch size (DATID-3D: 20; tiny: 4)."""
     freeze: tuple[str, ...] = ()
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    neural_rendering_schedule: Literal["auto", "datid3d", "fixed"] = "auto"
+    """Fine-tuning render resolution: datid3d = 64 px rising towards 128 over 1000 kimg (DATID-3D), fixed = the
+    generator's; auto = datid3d for official 512 px weights, fixed for --preset."""
+    augment_ops: tuple[AugmentOp, ...] = ("xflip", "xint", "color")
+    """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline (see adapt3d finetune --help)."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default: 50; tiny: half the run)."""
     instance_seed: int | None = None
@@ -128,8 +133,9 @@ def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
     mcfg, fcfg, rcfg = stages
     if not cfg.prompt:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
+    check_prompts(cfg.prompt)
+    check_render_options(rcfg)  # seeds, truncation, video and mesh bounds
     check_output_folder(Path(cfg.out))
-    check_render_options(rcfg)
     validate_finetune_config(fcfg, world_info().world_size)
     return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
 

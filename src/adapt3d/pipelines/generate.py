@@ -29,7 +29,7 @@ from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
 from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
-from adapt3d.utils.parsing import parse_seeds, resolve_device
+from adapt3d.utils.parsing import check_text, parse_seeds, resolve_device
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
 
@@ -79,6 +79,7 @@ def validate(cfg: GenerateConfig) -> list[int]:
     seeds = parse_seeds(cfg.seeds)
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("--prompt: empty; describe the portrait, e.g. 'a portrait of an elf with silver hair'")
+    check_text(cfg.prompt, "--prompt", "prompt")
     ck = Path(cfg.checkpoint).expanduser()
     if not (ck / "checkpoint.json").is_file():
         raise ValueError(f"--checkpoint: {ck} is not a checkpoint folder (no checkpoint.json); pass the final/ or a "

@@ -100,6 +100,11 @@ class InstanceConfig(RenderStageOptions):
     """Fine-tuning batch size (default 20; tiny: 4)."""
     freeze: tuple[str, ...] = ()
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    neural_rendering_schedule: Literal["auto", "datid3d", "fixed"] = "auto"
+    """Fine-tuning render resolution (see adapt3d finetune --help): auto = DATID-3D's 64 -> 128 schedule for
+    official 512 px weights, the generator's resolution for --preset."""
+    augment_ops: tuple[str, ...] = ("xflip", "xint", "color")
+    """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default 10; tiny: half the run)."""
     trunc: float = 0.7
@@ -150,6 +155,7 @@ def validate(cfg: InstanceConfig) -> dict:
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
+    from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     if (cfg.instance_seed is None) == (cfg.instance_latent is None):
@@ -161,20 +167,19 @@ def validate(cfg: InstanceConfig) -> dict:
         raise ValueError("--instance-seed/--instance-latent: instance-selected adaptation runs in one process; "
                          "start it without torchrun")
     latent = load_latent(cfg.instance_latent, "--instance-latent") if cfg.instance_latent is not None else None
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if not prompts:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
     numbers, train, shows = stage_configs(cfg)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, numbers["num_inference_steps"], "pndm",
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_view"):
-        if numbers[name] < 1:
-            raise ValueError(f"{flag_name(name)}: must be >= 1, got {numbers[name]}")
+        check_int(numbers[name], flag_name(name), 1, MAX_NUM_IMAGES)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
-    check_render_options(shows)
+    check_render_options(shows)  # seeds, truncation, video and mesh bounds
     validate_finetune_config(train)
     diffusion, clip = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip is None and cfg.clip_threshold is not None:

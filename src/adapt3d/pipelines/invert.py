@@ -39,7 +39,7 @@ import tyro
 
 from adapt3d.clip.model import DEFAULT_CLIP_MODEL
 from adapt3d.utils.io import check_output_folder, to_jsonable
-from adapt3d.utils.parsing import check_at_least, flag_name, resolve_device
+from adapt3d.utils.parsing import check_at_least, check_view_outputs, flag_name, resolve_device
 
 __all__ = ["InvertConfig", "InvertResult", "run", "validate"]
 
@@ -169,6 +169,8 @@ def validate(cfg: InvertConfig) -> dict:
     check_at_least(cfg, ("video_frames", "fps", "mesh_resolution"))
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames,
+                       mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none" else None)
     for name in ("mse_weight", "clip_weight"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             raise ValueError(f"{flag_name(name)}: must be >= 0, got {getattr(cfg, name)}")

@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +41,8 @@ from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretraine
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
-from adapt3d.utils.parsing import check_at_least, check_trunc, resolve_device
+from adapt3d.utils.parsing import (MAX_NUM_IMAGES, check_int, check_prompts, check_trunc, flag_name,
+                                   read_prompt_file, resolve_device)
 
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate"]
 
@@ -75,6 +77,9 @@ class MakeDatasetConfig:
     """Number of w layers truncated (None = all; DATID-3D's 14 = all for 512 px FFHQ)."""
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Render-camera sampler (sinusoidal = DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
+    camera_pivot: tuple[float, float, float] | None = None
+    """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
+    0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
     diffusion: str = "auto"
     """SD 1.x/2.x img2img model: Hugging Face id, local folder, or 'tiny'; auto = tiny with --preset tiny, else
     stabilityai/stable-diffusion-2-1-base."""
@@ -144,13 +149,9 @@ class _Job:
 
 
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if cfg.prompt_file is not None:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompt-file: {path} does not exist")
-        prompts += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and not ln.strip().startswith("#")]
+        prompts += read_prompt_file(cfg.prompt_file)
     if not prompts:
         raise ValueError("--prompt: give at least one prompt (--prompt 'a zombie' or --prompt-file prompts.txt)")
     if any(not p for p in prompts):
@@ -192,7 +193,8 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     prompts = resolve_prompts(cfg)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
-    check_at_least(cfg, ("num_images", "samples_per_source", "batch_size"))
+    for name in ("num_images", "samples_per_source", "batch_size"):
+        check_int(getattr(cfg, name), flag_name(name), 1, MAX_NUM_IMAGES)
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
     check_trunc(cfg.trunc)
@@ -224,6 +226,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
+    if cfg.camera_pivot is not None:  # only when given, so that older job folders keep their fingerprint
+        if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
+            raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
+        fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
     job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard)
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
@@ -351,11 +357,20 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
     if need_generation:
         loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
-        models["notes"] += loaded.notes
+        models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
                                                                  scheduler=cfg.scheduler)
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
+
+
+def _set_camera_pivot(G, pivot) -> str:
+    """Point the source generator's default cameras (renders and mapping) at ``pivot`` or DATID-3D's choice."""
+    from adapt3d.models.known_models import datid3d_data_pivot
+    chosen = [float(v) for v in pivot] if pivot is not None else datid3d_data_pivot(G.rendering)
+    G.rendering = replace(G.rendering, avg_camera_pivot=chosen)
+    how = "--camera-pivot" if pivot is not None else "DATID-3D's choice for this generator"
+    return f"cameras look at {chosen} ({how})"
 
 
 def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatasetResult) -> MakeDatasetResult:

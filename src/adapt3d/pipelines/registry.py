@@ -16,6 +16,8 @@ from adapt3d.pipelines.distill import DistillConfig
 from adapt3d.pipelines.distill import run as distill
 from adapt3d.pipelines.evaluate import EvalConfig
 from adapt3d.pipelines.evaluate import run as evaluate
+from adapt3d.pipelines.export import ExportConfig
+from adapt3d.pipelines.export import run as export_state_dict
 from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
 from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
@@ -48,6 +50,8 @@ COMMANDS: dict[str, Command] = {
     "render": Command(RenderConfig, render,
                       "Render a generator: image grid, per-seed images, depth, orbit video, meshes."),
     "convert": Command(ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
+    "export": Command(ExportConfig, export_state_dict, "Write a generator as a plain state dict for EG3D/DATID-3D "
+                      "scripts (gen_samples.py --model_is_state_dict True)."),
     "make-dataset": Command(MakeDatasetConfig, make_dataset, "Render, translate with SD img2img, filter: a "
                             "camera-labelled EG3D dataset (DATID-3D stage 1)."),
     "finetune": Command(FinetuneConfig, finetune, "Fine-tune a generator adversarially on a camera-labelled EG3D "

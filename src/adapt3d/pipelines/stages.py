@@ -86,10 +86,11 @@ def finetune_stage_config(cfg, out: Path, *, kimg: float, snapshot_kimg: float, 
     """The ``adapt3d finetune`` job of a DATID-3D run (``adapt`` and its instance mode): the dataset
     OUT/target/dataset, the run folder OUT/train, ``kimg`` thousand images (resolved by the method), --batch
     (default 20; tiny: 4), --freeze, --snapshot-kimg (default ``snapshot_kimg``; tiny: half the run), samples at
-    --seeds. ``cfg`` is the command's config."""
+    --seeds, --neural-rendering-schedule, --augment-ops. ``cfg`` is the command's config."""
     return FinetuneConfig(
         dataset=Path(out) / "target" / "dataset", out=Path(out) / "train", preset=cfg.preset, generator=cfg.generator,
         kimg=kimg, batch=pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
         snapshot_kimg=pick(cfg.snapshot_kimg, snapshot_kimg, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
         sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
 
