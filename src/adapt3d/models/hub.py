@@ -97,7 +97,9 @@ class KnownCheckpoint:
 _REGISTRY: dict[str, KnownCheckpoint] = {}
 
 
-def _key(name: str) -> str:
+def checkpoint_key(name: str) -> str:
+    """The registry key of a checkpoint name: stripped, lower case, '_' as '-' (``Cat_in_Zootopia`` ->
+    ``cat-in-zootopia``)."""
     return name.strip().lower().replace("_", "-")
 
 
@@ -109,13 +111,14 @@ def register_checkpoint(name: str, url: str, sha256: str | None = None, filename
         raise ValueError(f"`filename` must be a plain file name, got {filename!r}")
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
         raise ValueError(f"`sha256` must be 64 hex digits or None, got {sha256!r}")
-    entry = KnownCheckpoint(_key(name), filename, url, sha256.lower() if sha256 else None, licence, description)
+    entry = KnownCheckpoint(checkpoint_key(name), filename, url, sha256.lower() if sha256 else None, licence,
+                            description)
     _REGISTRY[entry.name] = entry
     return entry
 
 
 def unregister_checkpoint(name: str) -> None:
-    _REGISTRY.pop(_key(name), None)
+    _REGISTRY.pop(checkpoint_key(name), None)
 
 
 def known_checkpoints() -> dict[str, KnownCheckpoint]:
@@ -124,7 +127,7 @@ def known_checkpoints() -> dict[str, KnownCheckpoint]:
 
 def get_checkpoint(name: str) -> KnownCheckpoint:
     try:
-        return _REGISTRY[_key(name)]
+        return _REGISTRY[checkpoint_key(name)]
     except KeyError:
         raise CheckpointNotFoundError(f"unknown checkpoint {name!r} (not a known name and not an existing file). "
                                       f"Known names: {', '.join(sorted(_REGISTRY))}") from None
@@ -274,7 +277,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
     if candidate.is_file():
         return candidate
     text = os.fspath(name_or_path)
-    if _key(text) not in _REGISTRY:
+    if checkpoint_key(text) not in _REGISTRY:
         if isinstance(name_or_path, os.PathLike) or os.sep in text or text.endswith((".pkl", ".pt", ".pth")):
             raise CheckpointNotFoundError(f"checkpoint file not found: {candidate.absolute()} (known names: "
                                           f"{', '.join(sorted(_REGISTRY))})")
