@@ -30,9 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {name: command.config for name, command in COMMANDS.items()},
+        {name: config for name, (config, _, _) in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
-    run = next(command.run for command in COMMANDS.values() if isinstance(cfg, command.config))
+    run = next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
     try:
         out = getattr(cfg, "out", None)
         with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):

@@ -92,7 +92,7 @@ class GeneratorSlots:
         return {s: one(self._slots.get(s)) for s in SLOTS}
 
     def _checkpoint_path(self, checkpoint: str) -> str:
-        if checkpoint in self.allowed or hub._key(checkpoint) in hub.known_checkpoints():
+        if checkpoint in self.allowed or hub.checkpoint_key(checkpoint) in hub.known_checkpoints():
             return checkpoint
         try:
             return str(resolve_under(self.root, checkpoint))
