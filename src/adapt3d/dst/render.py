@@ -124,12 +124,18 @@ def view_annotation(model: CadModel, mesh: CadMesh, view: RenderedView, files: d
 
     Angles in radians (3D-DST convention, plus ``pascal3d``), K/R/t/cam2world as described in
     :mod:`adapt3d.dst.annotations`, ``bbox`` = COCO ``[x, y, w, h]`` of the silhouette, ``area`` = its pixel count.
+    The in-plane rotation is ``inplane_rotation`` (PASCAL3D+ calls it ``theta``, 3D-DST's ``.npy`` calls its azimuth
+    ``theta``; adapt3d's top-level annotation has no ``theta`` so neither reading is possible).
     """
+    from adapt3d.dst.imagenet import class_display_name
+
     vp, cam = view.viewpoint, view.camera
     return {
         "class": model.class_name,
+        "class_name": class_display_name(model.class_name),
         "mesh_id": model.model_id,
         "mesh_path": str(model.path),
+        "collection": model.collection,
         "strength": model.strength,
         "tags": list(model.tags),
         "width": cam.width,
@@ -137,7 +143,7 @@ def view_annotation(model: CadModel, mesh: CadMesh, view: RenderedView, files: d
         "azimuth": vp.azimuth,
         "elevation": vp.elevation,
         "polar": vp.polar,
-        "theta": vp.roll,
+        "inplane_rotation": vp.roll,
         "distance": vp.distance,
         "pose_sampling": vp.strategy,
         "alignment": {"azimuth_deg": model.azimuth_deg, "elevation_deg": model.elevation_deg,
@@ -155,6 +161,9 @@ def view_annotation(model: CadModel, mesh: CadMesh, view: RenderedView, files: d
         "bbox": view.bbox,
         "area": int(view.mask.sum()),
         "keypoints": view.keypoints,
+        "appearance": {"textured": mesh.textured, "materials": len(mesh.materials),
+                       "vertex_colors": mesh.colors is not None},
+        "scene": None if view.scene is None else view.scene.to_dict(),
         "files": dict(files),
         "units": {"angles": "rad", "pixels": "(0, 0) = top-left corner; pixel centres at j + 0.5",
                   "R_t": "object frame (+z up) -> OpenCV camera (x right, y down, z forward)"},

@@ -176,7 +176,7 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     bar = lambda it, **kw: tqdm(it, disable=not cfg.progress, **kw)  # noqa: E731
     images = _load_images(root, records, cfg.image_size, bar)
     bins = angle_bins([r["azimuth"] for r in records], [r["elevation"] for r in records],
-                      [r.get("theta", 0.0) for r in records], cfg.num_bins)
+                      [r.get("inplane_rotation", r.get("theta", 0.0)) for r in records], cfg.num_bins)
     files = [r["_file"] for r in records]
     folds = kfold_split(len(records), cfg.folds, cfg.seed)
     train_cfg = PoseTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, num_bins=cfg.num_bins)
