@@ -165,12 +165,12 @@ def _part_appearance(mesh, path: Path, part: str):
         uv = None if uv is None or len(uv) != n_v else np.asarray(uv, dtype=np.float64)
         base, image = (255, 255, 255), None
         if material is not None:
-            if hasattr(material, "baseColorFactor") or hasattr(material, "baseColorTexture"):  # PBRMaterial
-                base = getattr(material, "baseColorFactor", None)
+            if hasattr(material, "baseColorFactor") or hasattr(material, "baseColorTexture"):  # PBRMaterial (glTF)
+                base = getattr(material, "baseColorFactor", None)  # multiplies the texture (glTF spec)
                 image = getattr(material, "baseColorTexture", None)
-            else:  # SimpleMaterial (OBJ/MTL)
-                base = getattr(material, "diffuse", None)
+            else:  # SimpleMaterial (OBJ/MTL): map_Kd replaces Kd, as Blender's OBJ importer does
                 image = getattr(material, "image", None)
+                base = None if image is not None else getattr(material, "diffuse", None)
         texture = _texture_array(image, path, part) if uv is not None else None
         return None, None, uv, CadMaterial(base_color=_u8_color(base), texture=texture)
     try:
@@ -181,6 +181,41 @@ def _part_appearance(mesh, path: Path, part: str):
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"mesh file {path}: the colours of {part} could not be read ({e})") from e
     return None, None, None, None
+
+
+def _declared_textures(path: Path) -> str | None:
+    """What the file says about base-colour textures, read without trimesh: a description such as
+    '2 glTF material(s) with a baseColorTexture' or "map_Kd 'wood.png'", or None when it declares none. An OBJ
+    whose material library is missing declares it as missing."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".glb", ".gltf"):
+            if suffix == ".glb":
+                data = path.read_bytes()
+                if data[:4] != b"glTF" or len(data) < 20 or data[16:20] != b"JSON":
+                    return None
+                length = int.from_bytes(data[12:16], "little")
+                doc = json.loads(data[20:20 + length])
+            else:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            n = sum(1 for m in doc.get("materials", [])
+                    if isinstance(m, dict) and "baseColorTexture" in m.get("pbrMetallicRoughness", {}))
+            return f"{n} glTF material(s) with a baseColorTexture" if n else None
+        if suffix == ".obj":
+            found = []
+            with open(path, encoding="utf-8", errors="replace") as f:
+                libs = [line.split(None, 1)[1].strip() for line in f if line.startswith("mtllib") and
+                        len(line.split(None, 1)) == 2]
+            for lib in libs:
+                mtl = path.parent / lib
+                if not mtl.is_file():
+                    return f"material library {lib!r} (missing)"
+                with open(mtl, encoding="utf-8", errors="replace") as f:
+                    found += [line.split()[-1] for line in f if line.strip().lower().startswith("map_kd")]
+            return f"map_Kd {found[0]!r}" + (f" and {len(found) - 1} more" if len(found) > 1 else "") if found else None
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _triangle_parts(loaded, path: Path) -> list:
@@ -258,6 +293,10 @@ def load_cad_mesh(path: str | Path, up_axis: str = "y",
         verts.append(v)
         faces.append(f + offset)
         offset += len(v)
+    declared = _declared_textures(path)
+    if declared and not any(m.texture is not None for m in materials):
+        raise ValueError(f"mesh file {path} declares textures ({declared}) but none could be read (broken or missing "
+                         "texture file)")
     vertices = np.concatenate(verts)
     faces_all = np.concatenate(faces)
     if not np.isfinite(vertices).all():
