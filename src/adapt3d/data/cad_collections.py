@@ -77,7 +77,7 @@ def _shapenet(roots: CollectionRoots, model_id: str) -> tuple[Path | None, str |
         if folder.is_dir():
             for rel in ("models/model_normalized.obj", "model_normalized.obj", "model.obj"):
                 if (folder / rel).is_file():
-                    return folder / rel, "shapenet"
+                    return folder / rel, None
             return None, f"ShapeNet folder {folder} has no models/model_normalized.obj or model.obj"
     return None, None
 
