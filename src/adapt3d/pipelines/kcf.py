@@ -177,7 +177,7 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     images = _load_images(root, records, cfg.image_size, bar)
     bins = angle_bins([r["azimuth"] for r in records], [r["elevation"] for r in records],
                       [r.get("inplane_rotation", r.get("theta", 0.0)) for r in records], cfg.num_bins)
-    files = [r["_file"] for r in records]
+    files = [r["image"] if r.get("format") == "dst3d" else r["_file"] for r in records]  # one key per image
     folds = kfold_split(len(records), cfg.folds, cfg.seed)
     train_cfg = PoseTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, num_bins=cfg.num_bins)
     signature = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
@@ -212,6 +212,8 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     atomic_write_text(out / "kept.txt", "".join(f"{f}\n" for f in result.kept))
     atomic_write_text(out / "removed.txt", "".join(f"{f}\n" for f in result.removed))
     for r, loss, k, fold in zip(records, losses, keep, fold_of):
+        if r.get("format") == "dst3d":  # 3D-DST's .npy annotations stay untouched; kcf/ holds the result
+            continue
         data = json.loads((root / r["_file"]).read_text())
         data["kcf"] = {"loss": float(loss), "fold": int(fold), "kept": bool(k)}
         atomic_write_json(root / r["_file"], data)
