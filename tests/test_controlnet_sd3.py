@@ -59,3 +59,17 @@ def test_sd3_variant_flag_and_defaults(sd3, tmp_path):
     sd_cn = make_tiny_controlnet(tmp_path / "sd-cn")
     with pytest.raises((ValueError, OSError), match="--controlnet|--diffusion|variant"):
         ControlNetGenerator.from_pretrained(str(base), str(sd_cn), variant="sd3")
+
+
+def test_synth_runs_the_sd3_back_end(sd3, tmp_path):
+    import json
+
+    from adapt3d.pipelines.synth import SynthConfig, synth
+
+    base, cn, _ = sd3
+    result = synth(SynthConfig(out=tmp_path / "run", preset="tiny", classes="car", per_mesh=2, diffusion=str(base),
+                               controlnet=str(cn), variant="sd3", num_inference_steps=2, guidance_scale=5.0,
+                               device="cpu", progress=False))
+    assert result.images == 2
+    ann = json.loads(next((tmp_path / "run").glob("car/*/annotation/000_00.json")).read_text())
+    assert ann["generation"]["variant"] == "sd3" and ann["generation"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
