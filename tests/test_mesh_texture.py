@@ -158,8 +158,8 @@ def _textured_plane_file(path, marker_rgb=(255, 0, 0)):
                                                        baseColorFactor=[255, 255, 255, 255])
     else:
         material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(tex))
-    mesh = trimesh.Trimesh(verts, [[0, 1, 2], [0, 2, 3]], visual=trimesh.visual.TextureVisuals(uv=uv, material=material),
-                           process=False)
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    mesh = trimesh.Trimesh(verts, [[0, 1, 2], [0, 2, 3]], visual=visual, process=False)
     mesh.export(path)
     return path
 
@@ -190,7 +190,8 @@ def test_broken_or_missing_textures_make_the_mesh_unreadable(tmp_path):
     (tmp_path / "broken.glb").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="broken.glb declares textures.*none could be read"):
         load_cad_mesh(tmp_path / "broken.glb")
-    obj = _textured_plane_file(tmp_path / "o" / "plane.obj") if (tmp_path / "o").mkdir() is None else None
+    (tmp_path / "o").mkdir()
+    obj = _textured_plane_file(tmp_path / "o" / "plane.obj")
     for png in (tmp_path / "o").glob("*.png"):
         png.unlink()
     with pytest.raises(ValueError, match="plane.obj declares textures.*map_Kd"):

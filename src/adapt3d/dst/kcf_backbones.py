@@ -52,8 +52,8 @@ def resnet_config_from_torchvision(state: dict[str, torch.Tensor], flag: str = "
     from transformers import ResNetConfig
 
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
-        raise ValueError(f"{flag}: not a torchvision-layout ResNet state dict (no conv1.weight / layer1.0.conv1.weight; "
-                         f"keys start with {sorted(state)[:3]})")
+        raise ValueError(f"{flag}: not a torchvision-layout ResNet state dict (no conv1.weight / "
+                         f"layer1.0.conv1.weight; keys start with {sorted(state)[:3]})")
     bottleneck = "layer1.0.conv3.weight" in state
     depths, widths = [], []
     for stage in range(1, 5):
