@@ -196,3 +196,21 @@ def test_broken_or_missing_textures_make_the_mesh_unreadable(tmp_path):
         png.unlink()
     with pytest.raises(ValueError, match="plane.obj declares textures.*map_Kd"):
         load_cad_mesh(obj)
+
+
+def test_synth_textures_switch(tmp_path):
+    import json
+
+    from adapt3d.pipelines.synth import SynthConfig, synth
+
+    (tmp_path / "meshes" / "plane").mkdir(parents=True)
+    _textured_plane_file(tmp_path / "meshes" / "plane" / "p.glb")
+    edges = {}
+    for textures in (True, False):
+        out = tmp_path / f"run-{textures}"
+        synth(SynthConfig(out=out, meshes=str(tmp_path / "meshes"), textures=textures, render_only=True, per_mesh=1,
+                          resolution=64, pose_sampling="front", progress=False))
+        ann = json.loads((out / "plane/p/annotation/000_00.json").read_text())
+        assert ann["appearance"]["textured"] is textures and ann["render_options"]["textures"] is textures
+        edges[textures] = (np.asarray(Image.open(out / ann["files"]["control"])) > 0).sum()
+    assert edges[True] > edges[False] + 20  # without textures only the silhouette leaves edges

@@ -88,7 +88,7 @@ class SynthConfig:
     roll_max_deg: float = 0.0
     """In-plane rotation from U[-x, x] degrees (0 as 3D-DST)."""
     textures: bool = True
-    """Sample UV textures and material colours of the meshes (--no-textures: vertex/face colours and grey)."""
+    """Sample the meshes' UV textures (--no-textures: material base colours and vertex/face colours only)."""
     lighting: Literal["headlight", "random"] = "headlight"
     """'headlight' (light at the camera) or 'random' (directional light from above, random per view)."""
     light_elevation_deg: tuple[float, float] = (15.0, 75.0)
@@ -309,8 +309,10 @@ class _Job:
             return self.mesh
         self.mesh, self.mesh_key = None, None  # one mesh in memory at a time
         mesh = load_cad_mesh(model.path, model.up_axis, model.keypoints)
-        if not self.cfg.textures:
-            mesh.uv, mesh.face_material, mesh.materials = None, None, []
+        if not self.cfg.textures:  # keep colours and base colours, drop the texture images
+            mesh.uv = None
+            for material in mesh.materials:
+                material.texture = None
         self.mesh, self.mesh_key = mesh, key
         return mesh
 
