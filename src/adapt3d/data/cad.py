@@ -117,6 +117,9 @@ class CadMesh:
         return any(m.texture is not None for m in self.materials)
 
 
+MAX_COORDINATE = 1e12
+
+
 def file_to_object(points: np.ndarray, up_axis: str = "y") -> np.ndarray:
     """File-frame points (..., 3) -> object frame (+z up). ``up_axis='y'``: (x, y, z) -> (x, -z, y)."""
     points = np.asarray(points, dtype=np.float64)
@@ -301,6 +304,10 @@ def load_cad_mesh(path: str | Path, up_axis: str = "y",
     faces_all = np.concatenate(faces)
     if not np.isfinite(vertices).all():
         raise ValueError(f"mesh file {path} has non-finite vertex coordinates (NaN or inf)")
+    biggest = float(np.abs(vertices).max())
+    if biggest > MAX_COORDINATE:  # beyond this, areas and extents overflow float64 arithmetic
+        raise ValueError(f"mesh file {path} has vertex coordinates up to {biggest:.3g}; expected |coordinate| <= "
+                         f"{MAX_COORDINATE:.0e} (any unit: the mesh is rescaled to a unit box)")
     vertex_colors = None
     if any_color:
         vertex_colors = np.concatenate([c if c is not None else np.ones((len(v), 3), np.float32)

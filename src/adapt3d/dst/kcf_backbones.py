@@ -36,8 +36,12 @@ def _read_state(path: Path, flag: str) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
+    from adapt3d.utils.torch_load import OldTorchError, load_weights_only
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, f"{flag} {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corrupt file
         raise ValueError(f"{flag}: {path} is not a plain state dict ({type(e).__name__}: {e})") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -31,6 +31,7 @@ from adapt3d.dst.kcf import PoseTrainConfig, SmallPoseCNN, angle_bins, kfold_spl
     train_pose_model
 from adapt3d.pipelines.render import check_output_folder, resolve_device
 from adapt3d.utils.io import atomic_write_json, atomic_write_text
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 
 @dataclass
@@ -92,7 +93,9 @@ def _load_state(path: Path) -> dict:
         from safetensors.torch import load_file
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, f"--init-weights {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corrupt file
         raise ValueError(f"--init-weights: {path} is not a plain state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):
