@@ -147,7 +147,7 @@ def _texture_array(image, path: Path, part: str) -> np.ndarray | None:
     if image is None:
         return None
     try:
-        arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        arr = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise ValueError(f"mesh file {path}: the texture of {part} could not be decoded ({type(e).__name__}: "
                          f"{e})") from e
