@@ -37,8 +37,9 @@ def test_r1_penalty_matches_analytic_gradient_of_quadratic():
     pen = losses.r1_penalty(logits, [x, y])
     expected = (2 * a * x).square().flatten(1).sum(1) + (2 * a * y).square().flatten(1).sum(1)
     torch.testing.assert_close(pen, expected.detach(), rtol=1e-6, atol=1e-6)
-    loss = losses.loss_r1(logits, [x, y], gamma=5.0)
+    loss, penalty = losses.loss_r1(logits, [x, y], gamma=5.0)
     assert loss.item() == pytest.approx(expected.mean().item() * 2.5, rel=1e-6)
+    assert penalty.item() == pytest.approx(expected.mean().item(), rel=1e-6)
     # create_graph: the penalty is differentiable w.r.t. D's weights: d/da mean(4 a^2 sum x^2) = 8 a mean(sum x^2)
     (grad_a,) = torch.autograd.grad(pen.mean(), [a])
     sq = x.square().flatten(1).sum(1) + y.square().flatten(1).sum(1)
@@ -127,7 +128,11 @@ def test_augment_identity_flip_translate_colour():
     g = torch.Generator().manual_seed(5)
     torch.rand(4, generator=g)
     shifts = torch.round((torch.rand((4, 2), generator=g) * 2 - 1) * 0.25 * 16).long()
-    torch.testing.assert_close(l3, lab)
+    # the camera moves with the image: its principal point by the same fraction of the size (nothing else changes)
+    expect_lab = lab.clone()
+    expect_lab[:, 18] += shifts[:, 0] / 16
+    expect_lab[:, 21] += shifts[:, 1] / 16
+    torch.testing.assert_close(l3, expect_lab, atol=1e-6, rtol=0)
     for k in range(4):
         dx, dy = int(shifts[k, 0]), int(shifts[k, 1])
         expect = torch.roll(img[k], shifts=(dy, dx), dims=(1, 2))
@@ -141,7 +146,7 @@ def test_augment_identity_flip_translate_colour():
     torch.testing.assert_close(i4.mean((1, 2, 3)), r4.mean((1, 2, 3)))
     assert (i4.mean((1, 2, 3)) - 0.1).abs().min() > 1e-4
     with pytest.raises(ValueError, match="unknown"):
-        augment_pair(img, raw, lab, p=0.5, ops=("rotate",))
+        augment_pair(img, raw, lab, p=0.5, ops=("shear",))
 
 
 def test_augment_is_differentiable_for_r1():

@@ -14,6 +14,7 @@ from .conventions import (
     opencv_to_opengl,
     opengl_to_opencv,
     project_points,
+    warp_label,
     world_to_camera,
 )
 from .lookat import (
@@ -47,6 +48,7 @@ from .samplers import (
     UniformPoseSamplerConfig,
     make_pose_sampler,
     orbit_trajectory,
+    video_trajectory,
     yaw_sweep,
 )
 
@@ -60,6 +62,7 @@ __all__ = [
     "opencv_to_opengl",
     "opengl_to_opencv",
     "project_points",
+    "warp_label",
     "world_to_camera",
     "EG3D_PI",
     "EG3D_SQRT2",
@@ -89,5 +92,6 @@ __all__ = [
     "UniformPoseSamplerConfig",
     "make_pose_sampler",
     "orbit_trajectory",
+    "video_trajectory",
     "yaw_sweep",
 ]

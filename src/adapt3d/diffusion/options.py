@@ -14,11 +14,13 @@ it with :meth:`DiffusionOptions.check` before loading anything and records it in
   and back to CPU memory when the next one runs). In SDS the text encoder(s) and UNet move to the GPU for each call
   and back after it; the VAE stays on the GPU because the gradient flows back through its encoder. Needs a CUDA
   device (on the CPU every model already lives in CPU memory).
-- ``attention_slicing``: attention computed in slices (diffusers' ``"auto"``: half the heads at a time).
+- ``attention_slicing``: attention computed in slices (diffusers' ``"auto"``: half the heads at a time); UNets
+  only (diffusers' SD3 transformer has none: refused for SD3 before loading).
 - ``vae_slicing``: the VAE encodes / decodes a batch one image at a time.
 - ``vae_tiling``: the VAE works on overlapping tiles (for images larger than its native size); outputs differ
   slightly at tile seams.
-- ``compile_unet``: ``torch.compile`` of the UNet (the first calls compile; later ones run faster on a GPU).
+- ``compile_unet``: ``torch.compile`` of the UNet (SD3: of its transformer; the first calls compile, later ones run
+  faster on a GPU).
   Not combined with ``cpu_offload`` (compiled graphs are specialised to where the weights live).
 - ``gradient_checkpointing``: SDS only (distill): the VAE encoder recomputes its activations in the backward pass
   instead of keeping them, trading compute for memory. make-dataset and synth run without gradients.
@@ -33,7 +35,7 @@ import torch
 import tyro
 
 __all__ = ["DiffusionOptions", "DiffusionOptionsField", "diffusion_options_field", "DTYPES", "MEMORY_OPTIONS",
-           "apply_to_pipeline", "apply_to_components", "COMPILE_BACKEND"]
+           "apply_to_pipeline", "apply_to_components", "COMPILE_BACKEND", "WEIGHT_OPTIONS"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_BACKEND = "inductor"
@@ -41,6 +43,8 @@ COMPILE_BACKEND = "inductor"
 MEMORY_OPTIONS = ("cpu_offload", "attention_slicing", "vae_slicing", "vae_tiling", "compile_unet",
                   "gradient_checkpointing")
 """Options that change memory and speed, not what is computed (beyond rounding): left out of resume checks."""
+WEIGHT_OPTIONS = ("dtype", "weights_variant", "diffusion_config")
+"""Options that change how the weights are read, and so the results: part of resume checks when given."""
 
 
 @dataclass
@@ -113,6 +117,12 @@ class DiffusionOptions:
             out["torch_dtype"] = str(self.torch_dtype(device)).removeprefix("torch.")
         return out
 
+    def weights_identity(self) -> dict:
+        """How the weights are read (dtype, weight variant, single-file config): they change the results, so they
+        belong in job fingerprints. Only options given (not None / 'auto'), so that job folders made before these
+        options existed keep their fingerprint."""
+        return {k: getattr(self, k) for k in WEIGHT_OPTIONS if getattr(self, k) not in (None, "auto")}
+
     def memory_record(self) -> dict:
         return {k: getattr(self, k) for k in MEMORY_OPTIONS}
 
@@ -154,10 +164,15 @@ def apply_to_pipeline(pipe, options: DiffusionOptions, device: torch.device | st
     """Apply ``options`` to a diffusers pipeline and put it on ``device`` (or offload it); returns notes."""
     dev = torch.device(device)
     notes = []
-    unet = apply_to_components(options, pipe.unet, pipe.vae)
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"  # SD3: a transformer denoiser
+    if options.attention_slicing and not hasattr(getattr(pipe, name), "set_attention_slice"):
+        raise ValueError(f"--attention-slicing: the {type(getattr(pipe, name)).__name__} of this model has no "
+                         "attention slicing in diffusers; leave the option out")
+    denoiser = apply_to_components(options, getattr(pipe, name), pipe.vae)
     if options.compile_unet:
-        pipe.unet = unet
-        notes.append(f"UNet compiled with torch.compile (backend {COMPILE_BACKEND}); the first batches compile")
+        setattr(pipe, name, denoiser)
+        notes.append(f"{'UNet' if name == 'unet' else 'transformer'} compiled with torch.compile (backend "
+                     f"{COMPILE_BACKEND}); the first batches compile")
     if options.cpu_offload:
         pipe.enable_model_cpu_offload(device=dev)
         notes.append(f"model CPU offload: each model moves to {dev} only while it runs")

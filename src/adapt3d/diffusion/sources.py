@@ -8,7 +8,8 @@
   using the configs of ``config``: a diffusers folder or Hugging Face id of the same architecture);
 - ``family``: ``sd`` (Stable Diffusion 1.x/2.x), ``sdxl``, ``sdxl-refiner``, ``sd-inpainting``, ``sd-upscale``,
   ``sd3``, ``flux``, ... or None when it cannot be read (a hub id not in the cache while offline detection failed).
-  Read from ``model_index.json`` (``_class_name``, ``text_encoder_2``, ``transformer``), ``unet/config.json``
+  Read from ``model_index.json`` (``_class_name``, ``text_encoder_2``; ``transformer`` with ``text_encoder_3``:
+  SD3), ``unet/config.json``
   (``addition_embed_type``, ``in_channels``) or a ControlNet's ``config.json``; for single files from the tensor
   names (and two shapes) in the file's header;
 - ``cross_attention_dim``: the text-embedding width the UNet / ControlNet attends to (768 SD 1.x, 1024 SD 2.x,
@@ -122,7 +123,8 @@ def _pipeline_family(root, hub: bool) -> tuple[str | None, int | None]:
         return None, None
     cls = str(index.get("_class_name", ""))
     if "transformer" in index and "unet" not in index:
-        return ("sd3" if "StableDiffusion3" in cls else "flux" if "Flux" in cls else cls or None), None
+        sd3 = "StableDiffusion3" in cls or (index.get("text_encoder_3") or [None])[0] is not None
+        return ("sd3" if sd3 else "flux" if "Flux" in cls else cls or None), None
     unet = _read_json(root, "unet/config.json", hub) or {}
     dim = _int_or_none(unet.get("cross_attention_dim"))
     xl = "XL" in cls or (index.get("text_encoder_2") or [None])[0] is not None \
@@ -383,7 +385,14 @@ def load_pipeline(pipeline_cls, source: ModelSource, dtype: torch.dtype | None =
     return _load(pipeline_cls, source, dtype, **kwargs)
 
 
-def load_controlnet(source: ModelSource, dtype: torch.dtype | None = None):
-    """Load a ``ControlNetModel`` from ``source`` (folder, hub id, or an original-layout single file)."""
-    from diffusers import ControlNetModel
-    return _load(ControlNetModel, source, dtype)
+def load_controlnet(source: ModelSource, dtype: torch.dtype | None = None, sd3: bool | None = None):
+    """Load a ``ControlNetModel`` (an ``SD3ControlNetModel`` for the SD3 family, or with ``sd3=True``) from
+    ``source`` (folder, hub id, or an original-layout single file)."""
+    from diffusers import ControlNetModel, SD3ControlNetModel
+    cls = SD3ControlNetModel if (source.family == "sd3" if sd3 is None else sd3) else ControlNetModel
+    try:
+        return _load(cls, source, dtype)
+    except (TypeError, ValueError) as e:
+        if source.layout == "single-file":
+            raise
+        raise ValueError(f"{source.flag}: {source.name!r} is not a {cls.__name__} ({e}); check --variant") from e

@@ -13,9 +13,12 @@ Sources (URLs as used by NVlabs/eg3d's visualizer and by DATID-3D's scripts):
   resolve/main/finetuned_models/<filename>``.
 
 Checksums: no published sha256 is known for any of these files, so entries carry ``sha256=None`` and the checksum
-is *recorded on first download* (trust on first use) in ``<filename>.json`` next to the file; later cache hits are
-checked against the recorded size (and, with ``verify=True``, the sha256). Entries registered with a sha256 are
-verified on download and a mismatch leaves nothing in the cache.
+is *recorded on first download* (trust on first use) in ``<filename>.json`` next to the file (a file put into the
+cache by hand is hashed and recorded on its first use). Every later use verifies the file against that sha256; the
+hash is computed again only when the file's size, mtime or inode changed since the last verification (recorded in
+the same JSON), so an unchanged cache costs one ``stat``. A mismatch refuses the file with a message saying how to
+download it again. Entries registered with a sha256 are verified on download and a mismatch leaves nothing in the
+cache.
 
 Licences: the EG3D weights come with NVIDIA's non-commercial terms (research or evaluation only), and every
 official pickle embeds NVIDIA source code: do not redistribute these files. DATID-3D's model card says apache-2.0,
@@ -34,13 +37,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.env import is_offline
+from adapt3d.utils.io import atomic_path, atomic_write_json, sha256_file
 
 __all__ = [
     "KnownCheckpoint",
     "CheckpointNotFoundError",
     "CheckpointDownloadError",
     "ChecksumMismatchError",
+    "CachedFileChangedError",
     "register_checkpoint",
     "unregister_checkpoint",
     "known_checkpoints",
@@ -75,6 +80,10 @@ class ChecksumMismatchError(CheckpointDownloadError):
     """A downloaded (or cached) file does not have the expected sha256 / size."""
 
 
+class CachedFileChangedError(ChecksumMismatchError):
+    """A file in the cache no longer matches the sha256 it was verified with (corrupted or tampered with)."""
+
+
 @dataclass(frozen=True)
 class KnownCheckpoint:
     name: str
@@ -88,7 +97,9 @@ class KnownCheckpoint:
 _REGISTRY: dict[str, KnownCheckpoint] = {}
 
 
-def _key(name: str) -> str:
+def checkpoint_key(name: str) -> str:
+    """The registry key of a checkpoint name: stripped, lower case, '_' as '-' (``Cat_in_Zootopia`` ->
+    ``cat-in-zootopia``)."""
     return name.strip().lower().replace("_", "-")
 
 
@@ -100,13 +111,14 @@ def register_checkpoint(name: str, url: str, sha256: str | None = None, filename
         raise ValueError(f"`filename` must be a plain file name, got {filename!r}")
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
         raise ValueError(f"`sha256` must be 64 hex digits or None, got {sha256!r}")
-    entry = KnownCheckpoint(_key(name), filename, url, sha256.lower() if sha256 else None, licence, description)
+    entry = KnownCheckpoint(checkpoint_key(name), filename, url, sha256.lower() if sha256 else None, licence,
+                            description)
     _REGISTRY[entry.name] = entry
     return entry
 
 
 def unregister_checkpoint(name: str) -> None:
-    _REGISTRY.pop(_key(name), None)
+    _REGISTRY.pop(checkpoint_key(name), None)
 
 
 def known_checkpoints() -> dict[str, KnownCheckpoint]:
@@ -115,7 +127,7 @@ def known_checkpoints() -> dict[str, KnownCheckpoint]:
 
 def get_checkpoint(name: str) -> KnownCheckpoint:
     try:
-        return _REGISTRY[_key(name)]
+        return _REGISTRY[checkpoint_key(name)]
     except KeyError:
         raise CheckpointNotFoundError(f"unknown checkpoint {name!r} (not a known name and not an existing file). "
                                       f"Known names: {', '.join(sorted(_REGISTRY))}") from None
@@ -149,37 +161,60 @@ def cached_checkpoint_path(name: str, root: str | Path | None = None) -> Path:
     return (base / "checkpoints" / get_checkpoint(name).filename).absolute()
 
 
-def is_offline() -> bool:
-    truthy = ("1", "true", "yes", "on")
-    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _check_cached(entry: KnownCheckpoint, path: Path, verify: bool) -> None:
+def _read_sidecar(path: Path) -> dict:
     try:
         record = json.loads(_sidecar(path).read_text())
     except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    size = record.get("size")
-    if isinstance(size, int) and path.stat().st_size != size:
-        raise ChecksumMismatchError(f"cached checkpoint {path} has {path.stat().st_size} bytes, {size} were "
-                                    "downloaded; the file changed or is corrupt - delete it to download again")
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _stamp(path: Path, sha256: str) -> dict:
+    """What a verified file looked like: re-hashing is skipped while size, mtime and inode stay the same."""
+    st = path.stat()
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _save_sidecar(path: Path, record: dict) -> None:
+    try:
+        atomic_write_json(_sidecar(path), record)
+    except OSError:  # a read-only cache: verification still happened, it is just not remembered
+        pass
+
+
+def _check_cached(entry: KnownCheckpoint, path: Path, verify: bool) -> None:
+    """Verify a cached file against the known or recorded sha256 (hashed again only when the file changed).
+
+    A file with no record (put there by hand, as the offline message says) is hashed and recorded now: trust on
+    first use, like a download.
+    """
+    record = _read_sidecar(path)
     expected = entry.sha256 or record.get("sha256")
-    if verify and expected and sha256_file(path) != expected:
-        raise ChecksumMismatchError(f"cached checkpoint {path} does not match sha256 {expected}; delete it to "
-                                    "download again")
+    if not (isinstance(expected, str) and len(expected) == 64):
+        record.update(name=entry.name, url=entry.url, sha256=sha256_file(path), size=path.stat().st_size,
+                      sha256_source="recorded on first use (file placed in the cache by hand)")
+        record["verified"] = _stamp(path, record["sha256"])
+        _save_sidecar(path, record)
+        return
+    if not verify and record.get("verified") == _stamp(path, expected):
+        return
+    size = record.get("size")
+    actual_size = path.stat().st_size
+    digest = sha256_file(path) if not (isinstance(size, int) and actual_size != size) else None
+    if digest != expected:
+        what = (f"has {actual_size} bytes, {size} were downloaded" if digest is None else
+                f"has sha256 {digest[:16]}..., not the {expected[:16]}... "
+                f"{'published' if entry.sha256 else 'recorded when it was first downloaded'}")
+        raise CachedFileChangedError(
+            f"cached checkpoint {path} {what}: it changed on disk (corruption or tampering) and is not used. To "
+            f"download it again, delete it (rm {path}) and run the command again; the new copy is checked against "
+            f"the same sha256. If you replaced it on purpose, delete {_sidecar(path)} too.")
+    record["verified"] = _stamp(path, expected)
+    _save_sidecar(path, record)
 
 
 def _recorded_sha256(path: Path) -> str | None:
@@ -225,7 +260,8 @@ def _download(entry: KnownCheckpoint, dest: Path, progress: bool, timeout: float
                                       ) from exc
     atomic_write_json(_sidecar(dest), {"name": entry.name, "url": entry.url, "sha256": digest, "size": received,
                                        "sha256_source": "registry" if entry.sha256 else "recorded on first download",
-                                       "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                       "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "verified": _stamp(dest, digest)})
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | None = None,
@@ -233,14 +269,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
                        timeout: float = 60.0) -> Path:
     """Return a local file for ``name_or_path``: an existing path as is, or a known name from/into the cache.
 
-    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE``); ``verify=True`` re-hashes
-    a cached file against the known or recorded sha256.
+    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``).
+    A cached file is verified against the known or recorded sha256 (re-hashed only when it changed on disk;
+    ``verify=True`` always re-hashes).
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
         return candidate
     text = os.fspath(name_or_path)
-    if _key(text) not in _REGISTRY:
+    if checkpoint_key(text) not in _REGISTRY:
         if isinstance(name_or_path, os.PathLike) or os.sep in text or text.endswith((".pkl", ".pt", ".pth")):
             raise CheckpointNotFoundError(f"checkpoint file not found: {candidate.absolute()} (known names: "
                                           f"{', '.join(sorted(_REGISTRY))})")
@@ -253,6 +290,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
     if offline if offline is not None else is_offline():
         raise CheckpointNotFoundError(
             f"checkpoint {entry.name!r} is not in the cache and downloads are disabled (ADAPT3D_OFFLINE / "
-            f"HF_HUB_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  (licence: {entry.licence})")
+            f"HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  "
+            f"(licence: {entry.licence})")
     _download(entry, path, progress, timeout)
     return path

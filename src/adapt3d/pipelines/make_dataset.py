@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -33,21 +33,20 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.data.manifest import Manifest
-from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetRecord, completed_indices,
-                                         image_relpath, source_relpath)
+from adapt3d.data.target_dataset import JOB_JSON, MANIFEST, TargetPlan, completed_indices
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
-from adapt3d.diffusion.img2img import IMG2IMG_FAMILIES, check_img2img_args
+from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
 from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
-from adapt3d.diffusion.sources import require_family, resolve_model
-from adapt3d.export.images import save_image, to_uint8
-from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.pipelines.targets import model_names, resolve_img2img, source_poses, translate_and_score, write_targets
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import (MAX_NUM_IMAGES, check_int, check_prompts, check_trunc, flag_name,
+                                   read_prompt_file, resolve_device)
 
-__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
+__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate"]
 
-DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"
-KILL_HOOK = "ADAPT3D_TEST_KILL_AFTER_IMAGES"  # tests: SIGKILL this process after writing N target PNGs
 
 
 @dataclass
@@ -79,6 +78,9 @@ class MakeDatasetConfig:
     """Number of w layers truncated (None = all; DATID-3D's 14 = all for 512 px FFHQ)."""
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Render-camera sampler (sinusoidal = DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
+    camera_pivot: tuple[float, float, float] | None = None
+    """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
+    0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
     diffusion: str = "auto"
     """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt file, or 'tiny';
     auto = tiny with --preset tiny, else stabilityai/stable-diffusion-2-1-base."""
@@ -151,18 +153,10 @@ class _Job:
     """Recorded in job.json but not part of the fingerprint: the resolved diffusion model and memory options."""
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if cfg.prompt_file is not None:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompt-file: {path} does not exist")
-        prompts += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and not ln.strip().startswith("#")]
+        prompts += read_prompt_file(cfg.prompt_file)
     if not prompts:
         raise ValueError("--prompt: give at least one prompt (--prompt 'a zombie' or --prompt-file prompts.txt)")
     if any(not p for p in prompts):
@@ -205,12 +199,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_source", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+        check_int(getattr(cfg, name), flag_name(name), 1, MAX_NUM_IMAGES)
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
+    check_trunc(cfg.trunc)
     if cfg.diffusion_resolution is not None and (cfg.diffusion_resolution < 8 or cfg.diffusion_resolution % 8):
         raise ValueError(f"--diffusion-resolution: {cfg.diffusion_resolution} must be a multiple of 8")
     CLIPFilterConfig(cfg.clip_threshold, cfg.clip_top_fraction)
@@ -221,13 +213,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     if not 0 <= cfg.diversity_min_distance <= 2:
         raise ValueError(f"--diversity-min-distance: {cfg.diversity_min_distance} is not a cosine distance in "
                          "[0, 2]")
-    tiny = cfg.preset == "tiny"
-    clip_name = None if cfg.clip_model == "none" else (
-        ("tiny" if tiny else "openai/clip-vit-base-patch32") if cfg.clip_model == "auto" else cfg.clip_model)
+    diffusion, clip_name = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip_name is None and (cfg.clip_threshold is not None or cfg.clip_top_fraction is not None
                               or cfg.diversity_min_distance > 0):
         raise ValueError("--clip-model none: the CLIP and diversity filters need a CLIP model")
-    diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
@@ -244,19 +233,17 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
-    # How the weights are read changes the targets: part of the job (dtype as given, 'auto' on any device).
-    for key in ("dtype", "weights_variant", "diffusion_config"):
-        if getattr(opts, key) not in (None, "auto"):
-            fingerprint[key] = getattr(opts, key)
+    if cfg.camera_pivot is not None:  # only when given, so that older job folders keep their fingerprint
+        if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
+            raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
+        fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
+    fingerprint.update(opts.weights_identity())  # how the weights are read changes the targets
     job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard,
                runtime={"diffusion_options": opts.record(device)})
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
     # Model names last: a missing model offline fails here, still before anything is loaded.
-    source = resolve_model(diffusion, "stable-diffusion", "--diffusion", config=opts.diffusion_config,
-                           variant=opts.weights_variant)
-    require_family(source, IMG2IMG_FAMILIES, "make-dataset (img2img)")
-    job.runtime["diffusion_model"] = source.record()
+    job.runtime["diffusion_model"] = resolve_img2img(diffusion, opts, "make-dataset (img2img)").record()
     if clip_name is not None:
         try:
             resolve_pretrained(clip_name, "clip", "--clip-model")
@@ -345,7 +332,6 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
     _clean_temp_files(folder)
     done = completed_indices(folder)
     mine = plan.shard_indices(*shard)
-    kill_after = int(os.environ.get(KILL_HOOK, "0"))
     made = 0
     bar = tqdm(total=len(mine), initial=sum(i in done for i in mine), desc="generate", unit="img",
                disable=not cfg.progress)
@@ -355,50 +341,15 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
             continue
         sources = list(plan.batch_sources(b))
         ws = map_seeds(G, [plan.seed + j for j in sources], cfg.trunc, cfg.trunc_cutoff, device)
-        poses = [sampler.sample(1, torch.Generator().manual_seed(plan.item(j * plan.samples_per_source).pose_seed))
-                 for j in sources]
-        yaw, pitch = torch.cat([p.yaw for p in poses]), torch.cat([p.pitch for p in poses])  # (S,)
+        yaw, pitch = source_poses(plan, sampler, sources)  # (S,)
         labels = default_cameras(G, yaw, pitch)  # (S, 25)
-        src_img = G.synthesis(ws, labels.to(device), noise_mode="const", sampling="deterministic").image
-        src_u8 = to_uint8(src_img.cpu())  # (S, H, W, 3): what is saved, and what diffusion sees
-        src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # (S, 3, H, W) in [-1, 1]
-        local = [it.source - sources[0] for it in items]
-        out = translator(src_q[local], [it.prompt for it in items], negative_prompt=cfg.negative_prompt,
-                         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-                         num_inference_steps=cfg.num_inference_steps, seeds=[it.diffusion_seed for it in items],
-                         resolution=cfg.diffusion_resolution)
-        tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
-        tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-        scores: list[dict] = [{} for _ in items]
-        if scorer is not None:
-            clip = scorer.score(tgt_q, [it.prompt for it in items]).cpu()
-            for s, v in zip(scores, clip.tolist()):
-                s["clip"] = v
-        if pose_filter is not None:
-            def render(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                first = [local.index(k) for k in range(len(sources))]  # one render per source
-                c = default_cameras(G, y[first], p[first]).to(device)
-                img = G.synthesis(ws, c, noise_mode="const", sampling="deterministic").image.cpu()
-                return img[local]
-            ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
-            for k, s in enumerate(scores):
-                s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-        for k, it in enumerate(items):
-            if it.index in done:
-                continue
-            j = it.source - sources[0]
-            save_image(folder / source_relpath(it.source), src_u8[j])
-            save_image(folder / image_relpath(it.index), tgt_u8[k])
-            made += 1
-            if kill_after and made >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between the PNG and its manifest line
-            rec = TargetRecord(index=it.index, source=it.source, sample=it.sample, latent_seed=it.latent_seed,
-                               pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
-                               negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
-                               label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-                               source_image=source_relpath(it.source), scores=scores[k])
-            manifest.append(rec.to_dict())
-            bar.update(1)
+        batch = translate_and_score(G, ws, labels, yaw, pitch, items, sources[0], translator, scorer, pose_filter,
+                                    negative_prompt=cfg.negative_prompt, strength=cfg.strength,
+                                    guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
+                                    resolution=cfg.diffusion_resolution)
+        n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt)
+        made += n
+        bar.update(n)
     bar.close()
     return made
 
@@ -415,13 +366,22 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
     if need_generation:
         loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
-        models["notes"] += loaded.notes
+        models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
                                                                  scheduler=cfg.scheduler,
                                                                  options=cfg.diffusion_options)
         models["notes"] += models["translator"].notes
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
+
+
+def _set_camera_pivot(G, pivot) -> str:
+    """Point the source generator's default cameras (renders and mapping) at ``pivot`` or DATID-3D's choice."""
+    from adapt3d.models.known_models import datid3d_data_pivot
+    chosen = [float(v) for v in pivot] if pivot is not None else datid3d_data_pivot(G.rendering)
+    G.rendering = replace(G.rendering, avg_camera_pivot=chosen)
+    how = "--camera-pivot" if pivot is not None else "DATID-3D's choice for this generator"
+    return f"cameras look at {chosen} ({how})"
 
 
 def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatasetResult) -> MakeDatasetResult:
@@ -435,7 +395,7 @@ def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatase
     result.num_images, result.num_kept = fin.num_images, fin.num_kept
     result.files.update(fin.files)
     result.notes += fin.notes
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "diffusion": job.diffusion, **job.runtime, "clip_model": job.clip, "num_images": fin.num_images,
                "num_kept": fin.num_kept, "rejected": fin.rejected, "generated_now": result.generated_now,
                "files": result.files, "notes": result.notes}
@@ -506,4 +466,4 @@ if __name__ == "__main__":  # python -m adapt3d.pipelines.make_dataset ... (e.g.
     except (ValueError, FileNotFoundError) as err:
         print(f"make-dataset: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(res).items()}))
+    print(json.dumps(to_jsonable(asdict(res))))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from adapt3d.testing.tiny_models import tiny_clip_tokenizer
+from adapt3d.diffusion.tiny_models import tiny_clip_tokenizer
 
 __all__ = ["build_tiny_sdxl", "build_tiny_sdxl_controlnet", "build_tiny_sd_factor8",
            "build_tiny_controlnet_original", "write_variant_folder"]

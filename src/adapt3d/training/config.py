@@ -2,8 +2,9 @@
 
 Defaults are DATID-3D's fine-tuning run (``eg3d/train.py`` as launched by ``datid3d_train.py --mode ft``, see
 shared/docs/upstream-datid3d-itportrait-nada.md §1.c) except where noted: layer freezing works (DATID-3D's flag
-froze nothing), ADA uses three cheap operations, and the neural rendering resolution stays at the generator's
-value unless a final value is given.
+froze nothing), and ADA uses three cheap operations by default (``--augment-ops bgc`` gives EG3D's twelve, with
+camera labels kept consistent). The neural rendering resolution follows DATID-3D's schedule (64 rising towards 128
+over 1000 kimg) for official 512 px weights, and stays at the generator's value for built-in presets.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from adapt3d.training.augment import expand_ops
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_trunc, flag_name
+
 __all__ = ["FinetuneConfig", "validate_finetune_config", "RESUME_NEUTRAL_FIELDS", "options_for_identity"]
 
-AugmentOp = Literal["xflip", "xint", "color"]
+AugmentOp = Literal["bgc", "color", "xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness",
+                    "contrast", "lumaflip", "hue", "saturation"]
+NeuralRenderingSchedule = Literal["auto", "datid3d", "fixed"]
 
 
 @dataclass
@@ -72,13 +79,19 @@ class FinetuneConfig:
     """Half-life of the EMA generator in kimg; default batch * 10 / 32."""
     ema_rampup: float | None = None
     """EMA ramp-up ratio (None: off, as for fine-tuning)."""
+    neural_rendering_schedule: NeuralRenderingSchedule = "auto"
+    """Neural rendering resolution per step. datid3d: EG3D's train.py as DATID-3D launches it, 64 px rising linearly
+    to 128 px over --neural-rendering-resolution-fade-kimg, rint(64 + 64 * kimg / 1000) (64-77 px in a 200-kimg
+    run); fixed: the generator's resolution throughout; auto: datid3d for official 512 px FFHQ/AFHQ weights given
+    with --generator, fixed for --preset (and other) generators."""
     neural_rendering_resolution: int | None = None
-    """Initial neural rendering resolution; default: the generator's."""
+    """Initial neural rendering resolution in px (overrides the schedule's: 64 for datid3d, the generator's for
+    fixed)."""
     neural_rendering_resolution_final: int | None = None
-    """Final neural rendering resolution of a linear schedule (DATID-3D: 128 from 64 over 1000 kimg); None keeps
-    the initial value."""
+    """Final neural rendering resolution in px of the linear schedule (overrides the schedule's: 128 for datid3d,
+    none for fixed)."""
     neural_rendering_resolution_fade_kimg: float = 1000.0
-    """kimg over which the neural rendering resolution goes from initial to final."""
+    """kimg over which the neural rendering resolution goes from initial to final (DATID-3D: 1000)."""
     blur_sigma: float = 0.0
     """Initial std (pixels) of the blur on D's inputs, fading to 0 over --blur-fade-kimg (off for fine-tuning)."""
     blur_fade_kimg: float = 0.0
@@ -88,7 +101,9 @@ class FinetuneConfig:
     augment_p: float = 0.0
     """Initial (ada) or constant (fixed) augmentation probability."""
     augment_ops: tuple[AugmentOp, ...] = ("xflip", "xint", "color")
-    """Augmentations: xflip (with camera mirroring), xint (integer translation), color."""
+    """Augmentations (each with probability p): bgc = EG3D's full ADA pipeline (xflip rotate90 xint scale rotate
+    aniso xfrac brightness contrast lumaflip hue saturation), or any of those names; color = brightness contrast
+    saturation. Geometric ops move the camera label with the image (see adapt3d.training.augment)."""
     ada_target: float = 0.6
     """ADA target for E[sign(D(real))]."""
     ada_kimg: float = 100.0
@@ -126,17 +141,9 @@ RESUME_NEUTRAL_FIELDS = frozenset({"out", "kimg", "tick_kimg", "snapshot_kimg", 
                                    "resume", "device", "workers", "progress"})
 
 
-def _plain(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def options_for_identity(cfg: FinetuneConfig) -> dict:
     """The options that define a run (compared on automatic resume)."""
-    d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["dataset"] = str(Path(cfg.dataset).expanduser().resolve())
     return {k: v for k, v in d.items() if k not in RESUME_NEUTRAL_FIELDS}
 
@@ -148,7 +155,7 @@ def _positive(cfg: FinetuneConfig, names: tuple[str, ...], allow_zero: bool = Fa
             continue
         ok = (v >= 0 if allow_zero else v > 0) and math.isfinite(v)
         if not ok:
-            flag = "--" + name.replace("_", "-")
+            flag = flag_name(name)
             raise ValueError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
@@ -165,14 +172,17 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int = 1) -> int:
     for name in ("gpc_reg_prob", "augment_p", "ada_target"):
         v = getattr(cfg, name)
         if v is not None and not 0 <= v <= 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be in [0, 1], got {v}")
+            raise ValueError(f"{flag_name(name)}: must be in [0, 1], got {v}")
     if cfg.augment not in ("ada", "fixed", "none"):
         raise ValueError(f"--augment: expected 'ada', 'fixed' or 'none', got {cfg.augment!r}")
-    bad_ops = sorted(set(cfg.augment_ops) - {"xflip", "xint", "color"})
-    if bad_ops:
-        raise ValueError(f"--augment-ops: unknown {bad_ops}; choose from xflip, xint, color")
-    if not 0 <= cfg.sample_trunc <= 2:
-        raise ValueError(f"--sample-trunc: {cfg.sample_trunc} is outside [0, 2]")
+    try:
+        expand_ops(cfg.augment_ops)
+    except ValueError as e:
+        raise ValueError(f"--augment-ops: {e}") from None
+    if cfg.neural_rendering_schedule not in ("auto", "datid3d", "fixed"):
+        raise ValueError(f"--neural-rendering-schedule: expected auto, datid3d or fixed, got "
+                         f"{cfg.neural_rendering_schedule!r}")
+    check_trunc(cfg.sample_trunc, "--sample-trunc")
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
     if cfg.batch % world_size != 0:

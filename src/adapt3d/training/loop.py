@@ -20,7 +20,6 @@ loads them from the command-line options.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import resource
 import time
@@ -42,10 +41,12 @@ from adapt3d.training.config import FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import DistInfo, all_reduce_sum_, barrier, broadcast_module_
 from adapt3d.training.freeze import apply_freeze
 from adapt3d.training.run_folder import RunFolder, load_training_state
-from adapt3d.training.schedules import blur_sigma_at, ema_beta, neural_rendering_resolution_at, update_ema
+from adapt3d.training.schedules import (blur_sigma_at, ema_beta, resolve_rendering_schedule, update_ema,
+                                       uses_official_weights)
 from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["Trainer", "FinetuneOutput", "TrainingDiverged", "derive_seed", "FinetuneConfig"]
+__all__ = ["Trainer", "FinetuneResult", "TrainingDiverged", "FinetuneConfig"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal, the columns of the sample grids
 
@@ -54,14 +55,8 @@ class TrainingDiverged(ValueError):
     """A loss or a weight became NaN or infinite; the message names the last good snapshot."""
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any printable parts, identical in every process and run."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
-
-
 @dataclass
-class FinetuneOutput:
+class FinetuneResult:
     """Result of a run. ``generator`` is the EMA generator (eval mode), ``final`` its checkpoint folder."""
 
     out: Path
@@ -132,7 +127,10 @@ class Trainer:
         self.augment = AdaptiveAugment(cfg.augment, cfg.augment_p, tuple(cfg.augment_ops), cfg.ada_target,
                                        cfg.ada_kimg, cfg.ada_interval, cfg.batch)
         self.labels = dataset.labels.to(self.device)  # (N, 25) cameras for generated images
-        self.nrr_initial = cfg.neural_rendering_resolution or int(G.neural_rendering_resolution)
+        self.nrr_schedule = resolve_rendering_schedule(
+            cfg.neural_rendering_schedule, cfg.neural_rendering_resolution, cfg.neural_rendering_resolution_final,
+            cfg.neural_rendering_resolution_fade_kimg, int(G.neural_rendering_resolution),
+            official=uses_official_weights(G, from_checkpoint=cfg.generator is not None))
         self.ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
         self.update_w_avg = not any(n.startswith("backbone.mapping.") for n in self.frozen.frozen)
         self.total_steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
@@ -287,17 +285,16 @@ class Trainer:
             image = real.detach().requires_grad_(True)
             raw = filtered_resizing(real, nrr).detach().requires_grad_(True)
             logits = self._run_D(image, raw, rc, blur, gen)
-            penalty = losses.r1_penalty(logits, [image, raw]).mean()
-            (penalty * (cfg.r1_gamma / 2) * cfg.d_reg_interval * share).backward()
-            total += penalty.detach() * share
+            r1 = losses.loss_r1(logits, [image, raw], cfg.r1_gamma)
+            (r1.loss * cfg.d_reg_interval * share).backward()
+            total += r1.penalty.detach() * share
         self.D.requires_grad_(False)
         return float(self._finish_phase(self.opt_D, self.d_params, total, "R1 penalty")[0])
 
     def train_step(self, reals_u8: torch.Tensor, real_c: torch.Tensor) -> dict:
         """One optimiser step on this process's real images (per_process, 3, R, R) uint8 and labels (., 25)."""
         cfg = self.cfg
-        nrr = neural_rendering_resolution_at(self.nrr_initial, cfg.neural_rendering_resolution_final,
-                                             cfg.neural_rendering_resolution_fade_kimg, self.cur_nimg)
+        nrr = self.nrr_schedule.at(self.cur_nimg)
         swap_p = losses.gpc_swap_probability(cfg.gpc_reg_prob, self.cur_nimg, cfg.gpc_reg_fade_kimg)
         blur = blur_sigma_at(cfg.blur_sigma, cfg.blur_fade_kimg, self.cur_nimg)
         share = self.batch_gpu / cfg.batch
@@ -398,7 +395,7 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
-    def run_training(self) -> FinetuneOutput:
+    def run_training(self) -> FinetuneResult:
         """Train until ``cfg.kimg``; snapshots every ``snapshot_kimg`` and at the end; returns the result."""
         t0 = time.time()
         from tqdm.auto import tqdm
@@ -425,7 +422,7 @@ class Trainer:
             final = self.run.save_final(self.G_ema, self.D, meta)
             self.run.log(f"done: {self.step} steps, {self.cur_nimg / 1000:.3f} kimg; final checkpoint {final}")
             barrier()
-        return FinetuneOutput(out=self.run.out if self.run else Path("."), generator=self.G_ema,
+        return FinetuneResult(out=self.run.out if self.run else Path("."), generator=self.G_ema,
                               discriminator=self.D, step=self.step, cur_nimg=self.cur_nimg, final=final,
                               resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
                               seconds=time.time() - t0)
