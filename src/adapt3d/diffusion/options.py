@@ -66,13 +66,13 @@ class DiffusionOptions:
     """Keep the diffusion models in CPU memory and move each to the GPU only while it runs (diffusers' model CPU
     offload; needs a CUDA device and accelerate)."""
     attention_slicing: bool = False
-    """Compute attention in slices (less GPU memory, slower)."""
+    """Compute attention in slices (less GPU memory, slower; UNet models, not SD3's transformer)."""
     vae_slicing: bool = False
     """VAE encodes/decodes one image of a batch at a time."""
     vae_tiling: bool = False
     """VAE works on overlapping tiles (large images; small differences at tile seams)."""
     compile_unet: bool = False
-    """torch.compile the UNet (slow first calls, faster later ones; not with --cpu-offload)."""
+    """torch.compile the UNet (SD3: the transformer; slow first calls, faster later ones; not with --cpu-offload)."""
     gradient_checkpointing: bool = False
     """distill only: recompute the VAE encoder's activations in SDS's backward pass instead of storing them."""
 
