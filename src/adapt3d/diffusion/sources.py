@@ -35,6 +35,7 @@ import torch
 
 from adapt3d.diffusion.loading import (KINDS, TINY_NAME, PretrainedNotFoundError, download_error, is_offline,
                                        resolve_pretrained)
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = ["ModelSource", "resolve_model", "require_family", "check_controlnet_pair", "load_pipeline",
            "load_controlnet", "FAMILY_NAMES", "SINGLE_FILE_SUFFIXES", "DEFAULT_SINGLE_FILE_CONFIGS"]
@@ -162,17 +163,20 @@ def _single_file_shapes(path: Path, flag: str) -> dict[str, tuple[int, ...]]:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ValueError(f"{flag}: {path} is not a readable .safetensors file ({type(e).__name__}: {e})") from e
+    what = f"the single file {path} ({flag})"
     try:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = load_weights_only(path, what, mmap=True)
         except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(e):
+            if isinstance(e, OldTorchError) or "mmap" not in str(e):
                 raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_weights_only(path, what)
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - UnpicklingError for anything beyond tensors, or a corrupt file
         raise ValueError(f"{flag}: {path} could not be read as tensors only ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); adapt3d reads .ckpt files with "
-                         "torch.load(weights_only=True) and never runs code from them: convert it to .safetensors "
+                         "torch's weights-only loader and never runs code from them: convert it to .safetensors "
                          "on a machine you trust, or use the .safetensors release of the model") from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
