@@ -40,7 +40,7 @@ def _invert_config(cfg: ITportraitConfig):
     return InvertConfig(image=Path(cfg.style_image), out=Path(cfg.out) / "reference", preset=cfg.preset,
                         generator=cfg.generator, camera=cfg.style_camera, num_steps=resolved(cfg, "invert_steps"),
                         loss=cfg.invert_loss, clip_model="none", optimize_noise=False, video="none", mesh="none",
-                        seed=cfg.seed, device=cfg.device, progress=cfg.progress, **small)
+                        seed=cfg.seed, device=cfg.device, progress=cfg.progress, align=cfg.align, **small)
 
 
 def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: list[str]):
@@ -66,7 +66,7 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
         notes.append(f"reference inverted: PSNR {inv.psnr:.1f} dB, camera yaw {inv.yaw_deg:+.1f} deg, pitch "
                      f"{inv.pitch_deg:+.1f} deg ({inv.loss_kind} loss)")
         code = load_latent(inv.latent)
-        image_path = Path(cfg.style_image)
+        image_path = inv.out / "input.png"  # exactly what was inverted (aligned with --align, else centre-cropped)
     target, _, _ = load_target_image(image_path, G.img_resolution, arg="--style-image")
     return Reference(ws=code.ws, camera=code.camera, image=target), code
 

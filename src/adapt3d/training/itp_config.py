@@ -36,6 +36,10 @@ class ITportraitConfig(ClipAdaptConfig):
     latent: Path | None = None
     """A latent.pt (or its folder) from `adapt3d invert` for the reference: skips the inversion (its camera and
     reconstruction are used; give --style-image too to fit the original picture instead of the reconstruction)."""
+    align: bool = False
+    """Find the face in --style-image and crop it like EG3D's FFHQ images before inverting (as adapt3d invert
+    --align). Off by default: references are often paintings or cartoons, which the photo face detector misses,
+    and ITportrait expects an already aligned portrait."""
     style_camera: Path | None = None
     """Camera file of the reference (.json / .npy EG3D label); default: estimated during the inversion."""
     invert_steps: int | None = None
