@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from adapt3d.cameras import frontal_label, make_pose_sampler
-from adapt3d.diffusion.sds import ScoreDistillation, timestep_range, view_index, view_prompt
+from adapt3d.diffusion.sds import VIEWS, ScoreDistillation, timestep_range, view_index, view_prompt
 from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.models.discriminator import filtered_resizing
 from adapt3d.models.text_conditioned import TextConditionedGenerator, load_text_conditioned, save_text_conditioned
@@ -47,7 +47,7 @@ from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training
 from adapt3d.utils.io import atomic_path, replace_folder
 from adapt3d.utils.parsing import parse_seeds
 
-__all__ = ["DistillTrainer", "DistillOutput", "make_training_pose_sampler"]
+__all__ = ["DistillTrainer", "DistillOutput", "make_training_pose_sampler", "view_bands_deg"]
 
 STATE_FORMAT = "adapt3d-training-state"
 
@@ -66,9 +66,20 @@ class DistillOutput:
     seconds: float = 0.0
 
 
-def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float):
-    """Pose sampler around the frontal camera with the given spreads (radians)."""
+def view_bands_deg(cfg: DistillConfig) -> tuple[tuple[float, float], ...]:
+    """|azimuth| bands (degrees) of the front, side and back views of --pose-sampler views."""
+    back_from = 180.0 - cfg.view_back_deg
+    return ((0.0, cfg.view_front_deg), (cfg.view_front_deg, min(cfg.side_max_deg, back_from)), (back_from, 180.0))
+
+
+def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float, cfg: DistillConfig | None = None):
+    """Pose sampler around the frontal camera with the given spreads (radians); ``views`` needs ``cfg``."""
     half = math.pi / 2
+    if name == "views":
+        if cfg is None:
+            raise ValueError("--pose-sampler views: needs the view options")
+        return make_pose_sampler("yaw_bins", bins_deg=view_bands_deg(cfg), shares=tuple(cfg.view_shares),
+                                 pitch_std=pitch_spread)
     if name == "gaussian":
         return make_pose_sampler("gaussian", yaw_std=yaw_spread, pitch_std=pitch_spread)
     if name == "uniform":
@@ -76,7 +87,7 @@ def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float
                                  pitch_range=(half - pitch_spread, half + pitch_spread))
     if name == "sinusoidal":
         return make_pose_sampler("sinusoidal", yaw_range=yaw_spread, pitch_range=pitch_spread)
-    raise ValueError(f"--pose-sampler: {name!r} is not one of gaussian, uniform, sinusoidal")
+    raise ValueError(f"--pose-sampler: {name!r} is not one of views, gaussian, uniform, sinusoidal")
 
 
 class DistillTrainer:
@@ -123,7 +134,8 @@ class DistillTrainer:
             d_lr, d_betas = losses.lazy_regularization_scaling(cfg.d_lr, (0.0, 0.99),
                                                                 cfg.d_reg_interval if cfg.r1_gamma > 0 else None)
             self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
-        self.pose_sampler = make_training_pose_sampler(cfg.pose_sampler, cfg.yaw_spread, cfg.pitch_spread)
+        self.pose_sampler = make_training_pose_sampler(cfg.pose_sampler, cfg.yaw_spread, cfg.pitch_spread, cfg)
+        self.view_counts = [0, 0, 0]  # teacher prompts per view suffix (front, side, back) over the whole run
         self.nrr = cfg.neural_rendering_resolution or int(self.model.neural_rendering_resolution)
         # Prompt embeddings, computed once: generator conditioning (plain prompts) and teacher prompts per view.
         self.texts = sds.encode_prompt(self.prompts).to(self.device)  # (P, L, D)
@@ -141,7 +153,8 @@ class DistillTrainer:
 
     # -- resume ---------------------------------------------------------------------------------------------------
     def training_state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "opt_G": self.opt_G.state_dict(),
+        return {"step": self.step, "skipped": self.skipped, "view_counts": list(self.view_counts),
+                "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
                 "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0,
                 "rng": {"torch": torch.get_rng_state()}}
@@ -160,6 +173,7 @@ class DistillTrainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this model/options ({e})") from e
         self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+        self.view_counts = [int(v) for v in state.get("view_counts", [0, 0, 0])]
         sd = float(state.get("source_diversity", -1.0))
         self.source_diversity = sd if sd >= 0 else None
         torch.set_rng_state(state["rng"]["torch"])
@@ -208,7 +222,8 @@ class DistillTrainer:
         z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
         poses, c = self._cameras(b, gen)
         k = torch.randint(len(self.prompts), (b,), generator=gen).to(self.device)
-        views = view_index(poses.yaw).to(self.device) if cfg.view_prompts else None
+        view_ids = view_index(poses.yaw, cfg.view_front_deg, cfg.view_back_deg)  # (B,) 0 front, 1 side, 2 back
+        views = view_ids.to(self.device) if cfg.view_prompts else None
         text = self.texts[k]  # (B, L, D)
         teacher = self.view_texts[views, k] if views is not None else text
         self.opt_G.zero_grad(set_to_none=True)
@@ -216,6 +231,10 @@ class DistillTrainer:
         out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
         t_range = timestep_range(self.step, self.total_steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final)
         rec: dict = {}
+        for v, name in enumerate(VIEWS):  # share of the batch per view suffix (the camera's band without suffixes)
+            count = int((view_ids == v).sum())
+            rec[f"views/{name}"] = count / b
+            self.view_counts[v] += count
         loss = torch.zeros((), device=self.device)
         if cfg.lambda_sds > 0:
             s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
@@ -280,6 +299,9 @@ class DistillTrainer:
         out.update({"t_min": rec.get("t_min"), "t_max": rec.get("t_max"),
                     "sec_per_step": (time.time() - t0) / steps if steps else None, "timestamp": time.time()})
         out.update({f"gate/{k}": v for k, v in self.model.gates().items()})
+        total = sum(self.view_counts)
+        if total:  # shares of the view suffixes over the whole run so far (views/<name>: this tick)
+            out.update({f"views_run/{name}": n / total for name, n in zip(VIEWS, self.view_counts)})
         if diversity is not None:
             out.update({"diversity/mean": diversity["mean"], "diversity/source": diversity["source"],
                         "diversity/ratio_to_source": diversity["ratio_to_source"]})
@@ -358,7 +380,7 @@ class DistillTrainer:
             rec = self.train_step()
             steps_in_tick += 1
             for k, v in rec.items():
-                if k.startswith(("loss/", "sds/", "logits/")):
+                if k.startswith(("loss/", "sds/", "logits/", "views/")):
                     s, n = self._tick.get(k, (0.0, 0))
                     self._tick[k] = (s + v, n + 1)
             done = self.step >= self.total_steps
@@ -376,7 +398,10 @@ class DistillTrainer:
         if self.run is not None:
             self._check_weights()
             final = self.write_checkpoint(self.run.final, with_state=False)
-            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); final checkpoint {final}")
+            total = max(sum(self.view_counts), 1)
+            shares = ", ".join(f"{name} {n / total:.0%}" for name, n in zip(VIEWS, self.view_counts))
+            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); view suffixes {shares}; final "
+                         f"checkpoint {final}")
         self.model.eval()
         return DistillOutput(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,

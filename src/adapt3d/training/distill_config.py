@@ -53,6 +53,11 @@ class DistillConfig:
     """Clamp every SDS gradient entry to [-grad_clip, grad_clip] (None: off)."""
     view_prompts: bool = True
     """Append ', front view' / ', side view' / ', back view' from the camera yaw (teacher prompts only)."""
+    view_front_deg: float = 45.0
+    """|azimuth| (degrees from the frontal view) below which the teacher prompt says 'front view' (threestudio:
+    45); from there to 180 - --view-back-deg it says 'side view'."""
+    view_back_deg: float = 45.0
+    """|azimuth| above 180 minus this says 'back view' (threestudio: 45)."""
     steps: int | None = None
     """Optimiser steps; default 2000 (30 with --preset tiny, the built-in demo)."""
     batch: int = 4
@@ -76,12 +81,20 @@ class DistillConfig:
     """R1 weight on the discriminator's real inputs (EG3D FFHQ: 1); 0 disables it."""
     d_reg_interval: int = 16
     """Lazy R1: every this many steps, scaled by it."""
-    pose_sampler: Literal["gaussian", "uniform", "sinusoidal"] = "gaussian"
-    """Training cameras around the generator's average camera."""
+    pose_sampler: Literal["views", "gaussian", "uniform", "sinusoidal"] = "views"
+    """Training cameras around the generator's average camera. views: --view-shares of the cameras in the front,
+    side and back yaw bands (so side views are taught); gaussian / uniform / sinusoidal: --yaw-spread around the
+    front (a gaussian of std 0.3 rad leaves 99 % of the prompts at 'front view')."""
+    view_shares: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    """--pose-sampler views: shares of the front, side and back cameras (>= 0, normalised). Back is 0 by default: a
+    face generator trained on FFHQ has never seen the back of a head."""
+    side_max_deg: float = 70.0
+    """--pose-sampler views: largest |azimuth| of side cameras, degrees (side band: --view-front-deg to this).
+    Renders of an FFHQ generator degrade beyond about 60-70 deg."""
     yaw_spread: float = 0.3
-    """Yaw spread in radians: gaussian std, uniform half-width, sinusoidal amplitude."""
+    """Yaw spread in radians: gaussian std, uniform half-width, sinusoidal amplitude (not used by views)."""
     pitch_spread: float = 0.15
-    """Pitch spread in radians (same meaning)."""
+    """Pitch spread in radians (same meaning; views: the pitch std)."""
     trunc: float = 1.0
     """Truncation psi of the training latents (1: the full distribution)."""
     neural_rendering_resolution: int | None = None
@@ -199,6 +212,18 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 0, got {v}")
+    if not (0 < cfg.view_front_deg < 180 - cfg.view_back_deg <= 180 and cfg.view_back_deg >= 0):
+        raise ValueError(f"--view-front-deg {cfg.view_front_deg} / --view-back-deg {cfg.view_back_deg}: need "
+                         "0 < front < 180 - back (degrees of |azimuth| from the frontal view)")
+    shares = tuple(cfg.view_shares)
+    if len(shares) != 3 or not all(math.isfinite(v) and v >= 0 for v in shares) or sum(shares) <= 0:
+        raise ValueError(f"--view-shares: expected three shares (front side back) >= 0, not all 0, got {shares}")
+    if cfg.pose_sampler == "views":
+        if not (math.isfinite(cfg.side_max_deg) and cfg.view_front_deg < cfg.side_max_deg <= 180):
+            raise ValueError(f"--side-max-deg: must be in ({cfg.view_front_deg}, 180] (above --view-front-deg), "
+                             f"got {cfg.side_max_deg}")
+        if shares[2] > 0 and cfg.view_back_deg == 0:
+            raise ValueError("--view-shares: a back share needs --view-back-deg > 0")
     if cfg.lambda_sds == 0 and cfg.lambda_gan == 0:
         raise ValueError("--lambda-sds and --lambda-gan are both 0: nothing to train")
     if not 0 <= cfg.trunc <= 2:
