@@ -12,8 +12,14 @@ continues exactly like an uninterrupted one):
 3. GAN: ``lambda_gan * softplus(-D(render, c))`` (EG3D's non-saturating loss); steps the generator's Adam over the
    conditioning modules (+ the ``--train-base`` parts). Steps whose loss or gradients are not finite are skipped
    (counted in ``skipped``);
-4. D: logistic loss on the detached renders vs real images (source-generator samples with independent z and
-   cameras, or a dataset), lazy R1 every ``d_reg_interval`` steps (:mod:`adapt3d.training.losses`).
+4. D: logistic loss on the detached renders vs real images (``--gan-real``: the teacher's translations of source
+   samples, of the same prompts as the fakes (default); source-generator samples with independent z and cameras;
+   or a dataset; see :mod:`adapt3d.training.distill_reals`), lazy R1 every ``d_reg_interval`` steps
+   (:mod:`adapt3d.training.losses`).
+
+At each diversity measurement, ``direction/source_distance`` in stats.jsonl is the mean over prompts and fixed
+seeds of ``1 - cos(f(prompt render), f(source render))`` (CLIP image embeddings, or pixels): how far the outputs
+have moved from the source; a regulariser that pulls back toward the source keeps it down.
 
 Reused from the fine-tuning machinery: losses, ``derive_seed``, ``RunFolder`` (log, stats.jsonl, options,
 snapshot discovery), ``load_training_state``, ``lazy_regularization_scaling``, ``freeze_prefixes``.
@@ -39,8 +45,8 @@ from adapt3d.models.discriminator import filtered_resizing
 from adapt3d.models.text_conditioned import TextConditionedGenerator, load_text_conditioned, save_text_conditioned
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.training import losses
-from adapt3d.training.distill_config import DistillConfig, resolved_steps
-from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed
+from adapt3d.training.distill_config import DistillConfig, resolved_gan_options, resolved_steps
+from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed, source_distance
 from adapt3d.training.freeze import freeze_prefixes
 from adapt3d.training.loop import TrainingDiverged, derive_seed
 from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
@@ -101,6 +107,7 @@ class DistillTrainer:
     def __init__(self, cfg: DistillConfig, model: TextConditionedGenerator, sds: ScoreDistillation,
                  prompts: Sequence[str], D: torch.nn.Module | None = None, source: TriPlaneGenerator | None = None,
                  dataset=None, scorer=None, device: torch.device | str = "cpu", run_folder: RunFolder | None = None,
+                 teacher_reals=None,
                  resume_from: str | Path | None = None, text_encoder_info: dict | None = None,
                  callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = ()):
         self.cfg, self.prompts, self.sds, self.scorer = cfg, list(prompts), sds, scorer
@@ -110,6 +117,13 @@ class DistillTrainer:
         self.model = model.to(self.device).train()
         self.D = D.to(self.device).train().requires_grad_(False) if D is not None and cfg.lambda_gan > 0 else None
         self.dataset = dataset
+        self.teacher_reals = teacher_reals  # distill_reals.TeacherReals: the teacher's translations (--gan-real)
+        kind = resolved_gan_options(cfg)["gan_real"]
+        if self.D is not None and (kind == "teacher") != (teacher_reals is not None):
+            raise ValueError(f"--gan-real {kind}: the trainer needs teacher_reals exactly when the discriminator's "
+                             "reals are the teacher's (adapt3d.training.distill_reals.build_teacher_reals)")
+        if self.D is not None and kind == "dataset" and dataset is None:
+            raise ValueError("--gan-real dataset: the trainer needs the dataset")
         # What trains: the conditioning modules, plus the named base parts.
         self.model.base.requires_grad_(False)
         prefixes = freeze_prefixes(self.model.base, cfg.train_base) if cfg.train_base else []
@@ -196,8 +210,14 @@ class DistillTrainer:
                                    ).to(self.device)
 
     @torch.no_grad()
-    def _reals(self, n: int, gen: torch.Generator):
-        """Real images (n, 3, R, R), raw images (n, 3, r, r) and cameras (n, 25) for the discriminator."""
+    def _reals(self, n: int, gen: torch.Generator, prompt_ids: torch.Tensor | None = None):
+        """Real images (n, 3, R, R), raw images (n, 3, r, r) and cameras (n, 25) for the discriminator; with a
+        teacher pool, one of each fake's prompt (``prompt_ids`` (n,))."""
+        if self.teacher_reals is not None:
+            ids = prompt_ids.cpu() if prompt_ids is not None else torch.randint(len(self.prompts), (n,), generator=gen)
+            img, c = self.teacher_reals.sample(ids, gen)
+            img, c = img.to(self.device), c.to(self.device)
+            return img, filtered_resizing(img, self.nrr), c
         if self.dataset is not None:
             idx = torch.randint(len(self.dataset), (n,), generator=gen).tolist()
             items = [self.dataset[i] for i in idx]
@@ -255,15 +275,15 @@ class DistillTrainer:
             self.skipped += 1
             self.opt_G.zero_grad(set_to_none=True)
         if self.D is not None:
-            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c))
+            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c, k))
         self.step += 1
         rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
         return rec
 
-    def _step_D(self, fake, fake_raw, fake_c) -> dict:
+    def _step_D(self, fake, fake_raw, fake_c, prompt_ids=None) -> dict:
         cfg = self.cfg
         gen = self._rng("D")
-        real, real_raw, real_c = self._reals(fake.shape[0], gen)
+        real, real_raw, real_c = self._reals(fake.shape[0], gen, prompt_ids)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
@@ -289,6 +309,7 @@ class DistillTrainer:
         was_training = self.model.training
         self.model.eval()
         d = diversity_scores(self.model, self.texts, seeds, 1.0, self.scorer, self.source_diversity)
+        d["source_distance"] = source_distance(self.model, self.texts, seeds, 1.0, self.scorer)
         self.model.train(was_training)
         self.source_diversity = d["source"]
         return d
@@ -306,6 +327,8 @@ class DistillTrainer:
             out.update({"diversity/mean": diversity["mean"], "diversity/source": diversity["source"],
                         "diversity/ratio_to_source": diversity["ratio_to_source"]})
             out.update({f"diversity/prompt{k:02d}": v for k, v in enumerate(diversity["prompts"])})
+            if "source_distance" in diversity:
+                out["direction/source_distance"] = diversity["source_distance"]
         self._tick = {}
         self.stats.append(out)
         if self.run is not None:

@@ -16,7 +16,7 @@ from adapt3d.diffusion.sds import check_sds_args
 from adapt3d.utils.parsing import check_prompts, check_view_outputs, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
-           "resolved_steps"]
+           "resolved_steps", "resolved_gan_options"]
 
 
 @dataclass
@@ -73,8 +73,23 @@ class DistillConfig:
     """Weight of the SDS loss."""
     lambda_gan: float = 0.05
     """Weight of the non-saturating GAN loss that keeps renders on the source distribution (0: no GAN, no D)."""
+    gan_real: Literal["auto", "teacher", "source", "dataset"] = "auto"
+    """What the GAN regulariser's discriminator calls real. teacher: the teacher's img2img translations of source
+    samples (diverse, in the text's domain: the GAN fights mode collapse without pulling toward the source);
+    source: source-generator samples (D learns 'styled vs source' and pulls renders back to the source); dataset:
+    --dataset. auto: dataset with --dataset, else teacher. Recorded in options.json."""
+    gan_real_images: int | None = None
+    """--gan-real teacher: size of the translated pool, made once per run (prompts take turns); default 256 (8 with
+    --preset tiny)."""
+    gan_real_strength: float = 0.7
+    """--gan-real teacher: img2img strength, the fraction of the schedule re-noised (DATID-3D: 0.7)."""
+    gan_real_guidance: float = 8.0
+    """--gan-real teacher: img2img classifier-free guidance scale (DATID-3D: 8)."""
+    gan_real_steps: int | None = None
+    """--gan-real teacher: img2img inference steps (PNDM); default 50 (DATID-3D), 4 with --preset tiny."""
     dataset: Path | None = None
-    """Real images for the discriminator: an EG3D-format dataset (folder or zip). None: source-generator samples."""
+    """Real images for the discriminator with --gan-real dataset (or auto): an EG3D-format dataset (folder or
+    zip) of the target domain."""
     d_lr: float = 0.002
     """Discriminator Adam learning rate (before lazy-R1 scaling)."""
     r1_gamma: float = 1.0
@@ -149,6 +164,19 @@ RESUME_NEUTRAL = frozenset({"out", "steps", "tick_steps", "diversity_steps", "sn
 --steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on."""
 
 
+def resolved_gan_options(cfg: DistillConfig) -> dict:
+    """--gan-real and its pool options with defaults filled in (what options.json records)."""
+    from adapt3d.training.distill_reals import resolved_gan_real
+    tiny = cfg.preset == "tiny"
+    kind = resolved_gan_real(cfg.gan_real, cfg.dataset) if cfg.lambda_gan > 0 else "none"
+    out = {"gan_real": kind}
+    if kind == "teacher":
+        out.update({"gan_real_images": cfg.gan_real_images or (8 if tiny else 256),
+                    "gan_real_strength": cfg.gan_real_strength, "gan_real_guidance": cfg.gan_real_guidance,
+                    "gan_real_steps": cfg.gan_real_steps or (4 if tiny else 50)})
+    return out
+
+
 def resolved_steps(cfg: DistillConfig) -> int:
     """--steps, or its default: 2000, 30 for the tiny demo preset."""
     if cfg.steps is not None:
@@ -186,6 +214,7 @@ def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
     d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     d["prompts"] = list(prompts)
+    d.update(resolved_gan_options(cfg))  # the discriminator's real images, explicit
     return d
 
 
@@ -238,6 +267,23 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError("--resume: expected 'auto', 'never' or a snapshot folder, got ''")
     if cfg.dataset is not None and not Path(cfg.dataset).exists():
         raise ValueError(f"--dataset: {cfg.dataset} does not exist (an EG3D dataset folder or zip)")
+    if cfg.gan_real not in ("auto", "teacher", "source", "dataset"):
+        raise ValueError(f"--gan-real: {cfg.gan_real!r} is not one of auto, teacher, source, dataset")
+    if cfg.gan_real == "dataset" and cfg.dataset is None:
+        raise ValueError("--gan-real dataset: needs --dataset (an EG3D dataset of real target-domain images)")
+    if cfg.gan_real in ("teacher", "source") and cfg.dataset is not None:
+        raise ValueError(f"--dataset: only used with --gan-real dataset (or auto), not with --gan-real "
+                         f"{cfg.gan_real}")
+    if cfg.gan_real_images is not None and (isinstance(cfg.gan_real_images, bool) or cfg.gan_real_images < 1
+                                            or cfg.gan_real_images > 100_000):
+        raise ValueError(f"--gan-real-images: must be an integer in [1, 100000], got {cfg.gan_real_images!r}")
+    if cfg.gan_real_steps is not None and (isinstance(cfg.gan_real_steps, bool) or cfg.gan_real_steps < 1):
+        raise ValueError(f"--gan-real-steps: must be an integer >= 1, got {cfg.gan_real_steps!r}")
+    from adapt3d.diffusion.img2img import check_img2img_args
+    gan = resolved_gan_options(cfg)
+    if gan["gan_real"] == "teacher":
+        check_img2img_args("x", cfg.gan_real_strength, cfg.gan_real_guidance, gan["gan_real_steps"],
+                           prefix="--gan-real-")
     from adapt3d.utils.parsing import parse_seeds
     for name in ("diversity_seeds", "sample_seeds", "eval_seeds"):
         parse_seeds(getattr(cfg, name), "--" + name.replace("_", "-"))
