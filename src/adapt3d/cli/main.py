@@ -23,6 +23,7 @@ from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
 from adapt3d.pipelines.generate import GenerateConfig
 from adapt3d.pipelines.generate import run as generate
+from adapt3d.pipelines.instance_candidates import InstanceCommand, run_instance_command
 from adapt3d.pipelines.invert import InvertConfig
 from adapt3d.pipelines.invert import run as invert
 from adapt3d.pipelines.itportrait import ITportraitConfig
@@ -48,6 +49,8 @@ COMMANDS = {
     "finetune": (FinetuneConfig, finetune,
                  "Fine-tune a generator adversarially on a camera-labelled EG3D dataset (DATID-3D stage 2)."),
     "adapt": (AdaptConfig, adapt, "Text-guided 3D adaptation end to end: make-dataset -> finetune -> render + compare."),
+    "instance": (InstanceCommand, run_instance_command, "Instance-selected adaptation: 'instance candidates' shows "
+                 "diverse targets of ONE instance to pick from; 'instance adapt' (= adapt --instance-seed --select K)."),
     "invert": (InvertConfig, invert,
                "Invert a photo into a 3D generator: latent + camera (+ PTI), reconstruction grid, video."),
     "nada": (NadaConfig, nada, "3D StyleGAN-NADA: adapt a generator from --source-text to --prompt with CLIP "
@@ -72,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = tyro.extras.subcommand_cli_from_dict(
         {k: v[0] for k, v in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
-    run = next(fn for cls, fn, _ in COMMANDS.values() if isinstance(cfg, cls))
+    run = COMMANDS[name][1] if name else next(fn for cls, fn, _ in COMMANDS.values() if isinstance(cfg, cls))
     try:
         out = getattr(cfg, "out", None)
         with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):

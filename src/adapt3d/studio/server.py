@@ -63,8 +63,11 @@ class HttpError(Exception):
 
 def job_commands() -> dict:
     """name -> (ConfigClass, run_fn, help) of every CLI command a studio job may run (all but ``studio``)."""
+    import dataclasses
+
     from adapt3d.cli.main import COMMANDS  # at run time: commands added later appear automatically
-    return {k: v for k, v in COMMANDS.items() if k != "studio"}
+    # commands with nested subcommands (instance candidates|adapt) have no single form: adapt covers --select
+    return {k: v for k, v in COMMANDS.items() if k != "studio" and dataclasses.is_dataclass(v[0])}
 
 
 @dataclass
