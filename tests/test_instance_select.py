@@ -90,3 +90,15 @@ def test_consistency_measure_prefers_one_look_attached_to_the_surface():
     assert unrelated["clip_agreement"] < same["clip_agreement"]
     with pytest.raises(ValueError, match="two different views"):
         target_consistency(G, ws, labels[:2], src[:2], [0, 0])
+
+
+def test_instance_candidates_on_the_command_line(tmp_path, tiny_models, capsys):  # noqa: F811
+    from adapt3d.cli.main import main
+    rc = main(["instance", "candidates", "--preset", "tiny", "--instance-seed", "3", "--prompt", "a zombie",
+               "--num-candidates", "2", "--num-inference-steps", "2", "--diffusion",
+               str(tiny_models["stable-diffusion"]), "--out", str(tmp_path / "c"), "--no-progress"])
+    assert rc == 0 and (tmp_path / "c" / "candidates" / "cand01.png").is_file()
+    assert "--select K" in capsys.readouterr().out
+    rc = main(["instance", "adapt", "--preset", "tiny", "--instance-seed", "3", "--prompt", "a zombie", "--select",
+               "5", "--num-candidates", "2", "--out", str(tmp_path / "a")])
+    assert rc == 2 and "--select: 5 is not a candidate index" in capsys.readouterr().err
