@@ -23,6 +23,7 @@ Everything a user can get wrong is checked before the first step; rerunning the 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -175,7 +176,11 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         made_with = {"num_images": gan["gan_real_images"], "strength": cfg.gan_real_strength,
                      "guidance_scale": cfg.gan_real_guidance, "num_inference_steps": gan["gan_real_steps"],
                      "trunc": cfg.trunc, "seed": cfg.seed, "prompts": list(prompts), "view_prompts": cfg.view_prompts,
-                     "teacher": sds.source}
+                     "teacher": sds.source, "generator": loaded.source,
+                     "cameras": {k: getattr(cfg, k) for k in ("pose_sampler", "view_shares", "side_max_deg",
+                                                              "view_front_deg", "view_back_deg", "yaw_spread",
+                                                              "pitch_spread")}}
+        made_with = json.loads(json.dumps(made_with, default=str))  # as it reads back (tuples -> lists)
         teacher_reals = load_or_build_reals(out, made_with, lambda: build_teacher_reals(
             pool_source, sds, prompts, gan["gan_real_images"], strength=cfg.gan_real_strength,
             guidance_scale=cfg.gan_real_guidance, num_inference_steps=gan["gan_real_steps"], pose_sampler=sampler,

@@ -280,6 +280,9 @@ def run(cfg: InvertConfig) -> InvertResult:
     target, target_u8, original_hw = prepared.target, prepared.image, prepared.original_hw
     if prepared.alignment is not None:
         notes += prepared.alignment.notes
+        if cfg.camera is not None:
+            notes.append("--camera with --align: the camera is taken to describe the aligned crop (EG3D's framing, "
+                         "as EG3D's dataset labels do); for a camera of the original framing use --no-align")
         save_image(out / "alignment.png", draw_alignment(read_image(cfg.image, background=cfg.background),
                                                          prepared.alignment))
     elif original_hw != (G.img_resolution, G.img_resolution):

@@ -119,6 +119,7 @@ def load_or_build_reals(folder: Path, made_with: dict, build, samples_dir: Path 
         if d.get("made_with") == made_with:
             return TeacherReals(d["images"], d["cameras"], d["prompts"], d["made_with"])
     reals = build()
+    reals.made_with = dict(made_with)  # what the caller compares next time
     with atomic_path(path) as tmp:
         torch.save({"images": reals.images, "cameras": reals.cameras, "prompts": reals.prompts,
                     "made_with": reals.made_with}, tmp)
