@@ -37,7 +37,7 @@ def measure(cfg: instance.InstanceConfig, scorer_name: str | None) -> dict:
     from adapt3d.diffusion.img2img import Img2ImgTranslator
     from adapt3d.metrics.target_consistency import target_consistency
     from adapt3d.models.loading import load_generator
-    from adapt3d.pipelines.render import resolve_device
+    from adapt3d.utils.parsing import resolve_device
 
     parts = instance.validate(cfg)
     device = resolve_device(cfg.device)

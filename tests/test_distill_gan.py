@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapt3d.pipelines.distill import DistillConfig, run
-from adapt3d.testing.tiny_models import make_tiny_stable_diffusion
+from adapt3d.diffusion.tiny_models import make_tiny_stable_diffusion
 from adapt3d.training.distill_reals import GAN_REALS_FILE
 
 

@@ -11,7 +11,7 @@ import torch
 from adapt3d.cameras import make_pose_sampler
 from adapt3d.diffusion.sds import view_index
 from adapt3d.pipelines.distill import DistillConfig, run
-from adapt3d.testing.tiny_models import make_tiny_stable_diffusion
+from adapt3d.diffusion.tiny_models import make_tiny_stable_diffusion
 from adapt3d.training.distill import make_training_pose_sampler
 
 

@@ -14,9 +14,10 @@ from adapt3d.metrics.target_consistency import target_consistency
 from adapt3d.models.triplane import build_generator
 from adapt3d.pipelines.instance import InstanceConfig
 from adapt3d.pipelines.instance import run as adapt_instance
-from adapt3d.pipelines.instance_candidates import InstanceCandidatesConfig, candidate_seed
+from adapt3d.pipelines.instance import candidate_seed
+from adapt3d.pipelines.instance_candidates import InstanceCandidatesConfig
 from adapt3d.pipelines.instance_candidates import run as candidates
-from adapt3d.pipelines.render import default_cameras, map_seeds
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.testing.fixtures import tiny_models  # noqa: F401  (session fixture)
 
 PROMPTS = ("a zombie", "an elf")

@@ -13,7 +13,7 @@ from adapt3d.export.images import save_image, to_uint8
 from adapt3d.inversion.latent_file import load_latent
 from adapt3d.models.triplane import build_generator
 from adapt3d.pipelines.invert import InvertConfig, run as invert
-from adapt3d.pipelines.render import default_cameras, map_seeds
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.training.itp_config import ITportraitConfig, validate_itportrait
 
 YAW, PITCH = 0.25, -0.1  # radians from the frontal camera

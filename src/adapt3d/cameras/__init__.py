@@ -50,6 +50,7 @@ from .samplers import (
     YawBinsPoseSamplerConfig,
     make_pose_sampler,
     orbit_trajectory,
+    video_trajectory,
     yaw_sweep,
 )
 
@@ -95,5 +96,6 @@ __all__ = [
     "YawBinsPoseSamplerConfig",
     "make_pose_sampler",
     "orbit_trajectory",
+    "video_trajectory",
     "yaw_sweep",
 ]

@@ -3,7 +3,7 @@ instance-selected adaptation, step 1).
 
 The instance (``--instance-seed`` or ``--instance-latent``, as ``adapt --instance-seed``) is rendered at its
 reference camera (frontal for a seed; the photo's own camera for an inverted latent) and translated
-``--num-candidates`` times with SD img2img, candidate k with its own diffusion seed ``derive_seed(--seed, k, 3)``
+``--num-candidates`` times with SD img2img, candidate k with its own diffusion seed ``stream_seed(--seed, k, 3)``
 and prompt k mod (number of prompts). Outputs::
 
     OUT/candidates.png            contact sheet: the source render, then every candidate captioned with its index
@@ -21,30 +21,19 @@ the reference camera, so the selected candidate itself is in the training set (s
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from adapt3d.data.target_dataset import derive_seed
-from adapt3d.pipelines.render import check_output_folder, resolve_device
+from adapt3d.pipelines.instance import (DEFAULT_NUM_CANDIDATES, InstanceConfig, candidate_prompt, candidate_seed,
+                                        _instance_code)
+from adapt3d.pipelines.targets import model_names, translate_and_score
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_trunc, resolve_device
 
-__all__ = ["InstanceCandidatesConfig", "CandidatesResult", "run", "candidate_seed", "candidate_prompt",
-           "CANDIDATE_STREAM", "DEFAULT_NUM_CANDIDATES", "InstanceCommand", "run_instance_command"]
-
-CANDIDATE_STREAM = 3  # the seed stream of candidates (pose: 1, diffusion: 2; see adapt3d.data.target_dataset)
-DEFAULT_NUM_CANDIDATES = 8
-
-
-def candidate_seed(seed: int, index: int) -> int:
-    """Diffusion seed of candidate ``index`` of job ``seed`` (the same in ``instance candidates`` and ``--select``)."""
-    return derive_seed(seed, index, CANDIDATE_STREAM)
-
-
-def candidate_prompt(prompts: list[str] | tuple[str, ...], index: int) -> str:
-    return prompts[index % len(prompts)]
+__all__ = ["InstanceCandidatesConfig", "CandidatesResult", "run", "InstanceCommand", "run_instance_command"]
 
 
 @dataclass
@@ -102,7 +91,6 @@ def validate(cfg: InstanceCandidatesConfig) -> dict:
     from adapt3d.diffusion.loading import resolve_pretrained
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
     from adapt3d.utils.parsing import check_int, check_prompts
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
@@ -117,24 +105,26 @@ def validate(cfg: InstanceCandidatesConfig) -> dict:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
     steps = cfg.num_inference_steps if cfg.num_inference_steps is not None else (10 if cfg.preset == "tiny" else 50)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, steps, "pndm", cfg.negative_prompt)
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
+    check_trunc(cfg.trunc)
     latent = load_latent(cfg.instance_latent, "--instance-latent") if cfg.instance_latent is not None else None
-    diffusion = ("tiny" if cfg.preset == "tiny" else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
+    diffusion, _ = model_names(cfg.preset, cfg.diffusion, "none")
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
     return {"prompts": prompts, "diffusion": diffusion, "steps": steps, "latent": latent}
 
 
+BATCH = 4  # candidates translated together
+
+
 @torch.no_grad()
 def run(cfg: InstanceCandidatesConfig) -> CandidatesResult:
     """Make the candidates and their contact sheet; see the module docstring."""
+    from adapt3d.data.target_dataset import TargetItem
     from adapt3d.diffusion.img2img import Img2ImgTranslator
-    from adapt3d.export.images import contact_sheet, save_image, to_uint8
+    from adapt3d.export.images import contact_sheet, save_image
     from adapt3d.inversion.projector import use_noise
     from adapt3d.models.loading import load_generator
-    from adapt3d.pipelines.instance import InstanceConfig, _instance_code
     from adapt3d.utils.io import atomic_write_json
 
     t0 = time.time()
@@ -144,38 +134,36 @@ def run(cfg: InstanceCandidatesConfig) -> CandidatesResult:
     G = G.to(device).eval().requires_grad_(False)
     code = _instance_code(InstanceConfig(instance_seed=cfg.instance_seed, instance_latent=cfg.instance_latent,
                                          trunc=cfg.trunc), G, parts["latent"], device)
-    with use_noise(G, code.noise):
-        src = G.synthesis(code.ws.to(device), code.camera.to(device), noise_mode="const",
-                          sampling="deterministic").image
-    src_u8 = to_uint8(src.cpu())  # (1, H, W, 3): what diffusion sees (as adapt --select's view 0)
-    src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
     translator = Img2ImgTranslator.from_pretrained(parts["diffusion"], device=device)
     n, prompts = cfg.num_candidates, parts["prompts"]
-    records, images = [], []
-    for start in range(0, n, 4):
-        ks = list(range(start, min(n, start + 4)))
-        res = translator(src_q.expand(len(ks), -1, -1, -1), [candidate_prompt(prompts, k) for k in ks],
-                         negative_prompt=cfg.negative_prompt, strength=cfg.strength,
-                         guidance_scale=cfg.guidance_scale, num_inference_steps=parts["steps"],
-                         seeds=[candidate_seed(cfg.seed, k) for k in ks])
-        for k, img in zip(ks, to_uint8(res.images, value_range=(0, 1))):
-            path = save_image(out / "candidates" / f"cand{k:02d}.png", img)
+    latent_seed = cfg.instance_seed if cfg.instance_seed is not None else -1
+    yaw, pitch = torch.tensor([float(code.yaw)]), torch.tensor([float(code.pitch)])  # (1,): the reference camera
+    records, images, src_u8 = [], [], None
+    for start in range(0, n, BATCH):  # the translate-and-score loop of make-dataset and adapt --select
+        items = [TargetItem(index=k, source=0, sample=k, latent_seed=latent_seed, pose_seed=0,
+                            diffusion_seed=candidate_seed(cfg.seed, k), prompt=candidate_prompt(prompts, k))
+                 for k in range(start, min(n, start + BATCH))]
+        with use_noise(G, code.noise):
+            batch = translate_and_score(G, code.ws.to(device), code.camera, yaw, pitch, items, 0, translator, None,
+                                        None, negative_prompt=cfg.negative_prompt, strength=cfg.strength,
+                                        guidance_scale=cfg.guidance_scale, num_inference_steps=parts["steps"])
+        src_u8 = batch.src_u8  # (1, H, W, 3): the instance at its reference camera, as diffusion saw it
+        for it, img in zip(items, batch.tgt_u8):
+            path = save_image(out / "candidates" / f"cand{it.index:02d}.png", img)
             images.append(img)
-            records.append({"index": k, "diffusion_seed": candidate_seed(cfg.seed, k),
-                            "prompt": candidate_prompt(prompts, k), "image": str(path.relative_to(out))})
+            records.append({"index": it.index, "diffusion_seed": it.diffusion_seed, "prompt": it.prompt,
+                            "image": str(path.relative_to(out))})
     cols = 4
     rows = [[src_u8[0]]] + [images[i:i + cols] for i in range(0, n, cols)]
-    captions = [["source"]] + [[f"K={k}" for k in range(i, min(n, i + cols))]
-                                                   for i in range(0, n, cols)]
+    captions = [["source"]] + [[f"K={k}" for k in range(i, min(n, i + cols))] for i in range(0, n, cols)]
     sheet = save_image(out / "candidates.png", contact_sheet(rows, captions))
     instance = f"--instance-seed {cfg.instance_seed}" if cfg.instance_seed is not None \
         else f"--instance-latent {cfg.instance_latent}"
     note = (f"pick K and run: adapt3d adapt {instance} --prompt ... --seed {cfg.seed} --select K "
             f"(--num-candidates {n}, the same prompts, generator and diffusion options)")
     atomic_write_json(out / "candidates.json", {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "diffusion": parts["diffusion"], "num_inference_steps": parts["steps"], "candidates": records,
-        "camera": code.camera.reshape(-1).tolist(), "next": note})
+        "config": to_jsonable(asdict(cfg)), "diffusion": parts["diffusion"], "num_inference_steps": parts["steps"],
+        "candidates": records, "camera": code.camera.reshape(-1).tolist(), "next": note})
     return CandidatesResult(out=out, sheet=sheet, candidates=records, notes=[note], seconds=time.time() - t0)
 
 
@@ -185,7 +173,6 @@ def _instance_command_type():
 
     import tyro
 
-    from adapt3d.pipelines.instance import InstanceConfig
     return Union[
         Annotated[InstanceCandidatesConfig, tyro.conf.subcommand(
             "candidates", description="Translate ONE instance several times at its reference camera and show the "

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from adapt3d.pipelines.nada import ClipAdaptResult, output_stages, preflight, train_stage, write_summary
+from adapt3d.pipelines.clip_adaptation import output_stages, preflight, train_stage, write_summary
+from adapt3d.pipelines.stages import AdaptResult
 from adapt3d.training.itp_config import ITportraitConfig, validate_itportrait
 from adapt3d.training.nada_config import resolved
 
@@ -98,7 +99,7 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
     return Reference(ws=code.ws, camera=code.camera, image=target), code, pairing
 
 
-def run(cfg: ITportraitConfig) -> ClipAdaptResult:
+def run(cfg: ITportraitConfig) -> AdaptResult:
     """Run (or resume) ITportrait; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.inversion.losses import make_reconstruction_loss
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent
@@ -109,7 +110,7 @@ def run(cfg: ITportraitConfig) -> ClipAdaptResult:
     t0 = time.time()
     validate_itportrait(cfg)
     device = preflight(cfg)
-    result = ClipAdaptResult(out=Path(cfg.out))
+    result = AdaptResult(out=Path(cfg.out))
     source = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress).generator
     reference, code, pairing = prepare_reference(cfg, source.to(device).eval(), device, result.notes)
     result.stages["reference"] = {"pairing": pairing, "camera": code.camera.reshape(-1).tolist()}

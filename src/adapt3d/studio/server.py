@@ -62,12 +62,13 @@ class HttpError(Exception):
 
 
 def job_commands() -> dict:
-    """name -> (ConfigClass, run_fn, help) of every CLI command a studio job may run (all but ``studio``)."""
+    """name -> (ConfigClass, run_fn, help) of every command a studio job may run (the registry's: all but
+    ``studio``, and but those with nested subcommands: ``instance candidates|adapt`` has no single form; the
+    studio's ``adapt`` form covers ``--select``)."""
     import dataclasses
 
-    from adapt3d.cli.main import COMMANDS  # at run time: commands added later appear automatically
-    # commands with nested subcommands (instance candidates|adapt) have no single form: adapt covers --select
-    return {k: v for k, v in COMMANDS.items() if k != "studio" and dataclasses.is_dataclass(v[0])}
+    from adapt3d.pipelines.registry import COMMANDS  # at run time: importing every pipeline takes seconds
+    return {k: v for k, v in COMMANDS.items() if dataclasses.is_dataclass(v[0])}
 
 
 @dataclass
