@@ -97,3 +97,24 @@ def test_bad_gan_options_fail_with_the_flag(tiny_sd, tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         run(_cfg(tiny_sd, tmp_path / "bad", **change))
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_pool_is_reused_only_when_made_with_the_same_options(tmp_path):
+    """gan_reals.pt records what the caller compares (the generator and camera options included): the same options
+    reuse it, other cameras rebuild it (a pool of front views must not serve a run that samples side views)."""
+    from adapt3d.training.distill_reals import TeacherReals, load_or_build_reals
+    built = []
+
+    def build():
+        built.append(1)
+        return TeacherReals(torch.full((2, 3, 4, 4), len(built), dtype=torch.uint8), torch.zeros(2, 25),
+                            torch.tensor([0, 1]), {"num_images": 2})  # the builder's own, partial record
+
+    made = {"num_images": 2, "generator": "tiny", "cameras": {"pose_sampler": "views", "view_shares": [0.5, 0.5, 0]}}
+    first = load_or_build_reals(tmp_path, made, build)
+    again = load_or_build_reals(tmp_path, made, build)
+    assert len(built) == 1 and torch.equal(again.images, first.images) and again.made_with == made
+    other = {**made, "cameras": {"pose_sampler": "gaussian", "view_shares": [0.5, 0.5, 0]}}
+    rebuilt = load_or_build_reals(tmp_path, other, build)
+    assert len(built) == 2 and int(rebuilt.images[0, 0, 0, 0]) == 2
+    assert torch.load(tmp_path / GAN_REALS_FILE, weights_only=True)["made_with"] == other
