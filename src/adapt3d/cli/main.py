@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {name: config for name, (config, _, _) in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
     # by name: a command with nested subcommands (instance candidates|adapt) has a Union, not a class
-    run = COMMANDS[name].run if name else next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
+    run = COMMANDS[name][1] if name else next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
     try:
         out = getattr(cfg, "out", None)
         with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):
