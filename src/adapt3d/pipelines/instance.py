@@ -14,12 +14,13 @@ DATID-3D names this application; its code does not include it. Built from make-d
 5. render the adapted generator (``adapt3d render``) and the instance through it (``render --latent``).
 
 Instance-*selected* (``--select K``, after ``adapt3d instance candidates``,
-:mod:`adapt3d.pipelines.instance_candidates`): the user has picked candidate K among translations of the instance at its reference camera that differ only in
-their diffusion seed. Without ``--select`` every view gets its own diffusion seed, so the views are unrelated
-stylisations. With it, every view is translated once with candidate K's diffusion seed and prompt: img2img's only
-random inputs (the VAE posterior sample and the initial noise) are then those that made candidate K, so each
-view's target is what that choice turns this view into; view 0 is the reference camera, so the selected candidate
-itself is a training target. ``bench/instance_select.py`` measures the cross-view consistency of the two.
+:mod:`adapt3d.pipelines.instance_candidates`): the user has picked candidate K among translations of the instance at
+its reference camera that differ only in their diffusion seed. Without ``--select`` every view gets its own
+diffusion seed, so the views are unrelated stylisations. With it, every view is translated once with candidate K's
+diffusion seed and prompt: img2img's only random inputs (the VAE posterior sample and the initial noise) are then
+those that made candidate K, so each view's target is what that choice turns this view into; view 0 is the reference
+camera, so the selected candidate itself is a training target. ``bench/instance_select.py`` measures the cross-view
+consistency of the two.
 
 Run folder, the same as ``adapt``'s plus ``instance/`` (rerunning the same command skips finished stages; the
 dataset and fine-tuning stages resume their partial work)::
