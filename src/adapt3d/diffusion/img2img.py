@@ -18,6 +18,7 @@ single-file checkpoints and memory options). Example::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Sequence
 

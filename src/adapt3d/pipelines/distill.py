@@ -23,6 +23,7 @@ Everything a user can get wrong is checked before the first step; rerunning the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict
@@ -128,6 +129,16 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         raise ValueError("--diversity-features clip needs a CLIP model; pass --clip-model or --diversity-features "
                          "pixels")
     gan = resolved_gan_options(cfg)
+    gan_note = None
+    if gan["gan_real"] == "teacher" and teacher.family not in (None, "sd"):  # reals need the SD 1.x/2.x img2img
+        if cfg.gan_real != "auto":
+            raise ValueError(f"--gan-real teacher: the teacher's img2img reals are built with the SD 1.x/2.x img2img "
+                             f"pipeline; --diffusion {diffusion} is {teacher.family}: pass --gan-real source or "
+                             "dataset")
+        gan["gan_real"] = "source"
+        cfg = dataclasses.replace(cfg, gan_real="source")  # what the trainer reads (the identity keeps 'auto')
+        gan_note = (f"--gan-real auto: source samples as D's reals (teacher img2img reals need an SD 1.x/2.x "
+                    f"teacher, {diffusion} is {teacher.family})")
     dataset = None
     if gan["gan_real"] == "dataset":
         from adapt3d.data.eg3d_dataset import EG3DDataset
@@ -135,7 +146,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
 
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, load_discriminator=cfg.lambda_gan > 0)
     G = loaded.generator
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + ([gan_note] if gan_note else [])
     if dataset is not None:
         from adapt3d.data.eg3d_dataset import EG3DDataset
         from adapt3d.pipelines.finetune import check_dataset_for_generator
