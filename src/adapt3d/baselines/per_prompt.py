@@ -87,6 +87,9 @@ def optimize_prompt(G: TriPlaneGenerator, sds: ScoreDistillation, prompt: str, s
     views = torch.cat([sds.encode_prompt([view_prompt(prompt, v)]) for v in range(3)]).to(device)  # (3, L, D)
     plain = sds.encode_prompt([prompt]).to(device)  # (1, L, D)
     uncond = sds.encode_prompt([cfg.negative_prompt]).to(device)
+    views_pooled, plain_pooled = sds.encode_pooled([view_prompt(prompt, v) for v in range(3)]), \
+        sds.encode_pooled([prompt])  # SDXL teachers: (3, Dp), (1, Dp); None otherwise
+    uncond_pooled = sds.encode_pooled([cfg.negative_prompt])
     r = G.rendering
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
     c_cond = frontal_label(r.avg_camera_radius, r.avg_camera_pivot, G.config.camera_fov_deg, batch_size=1).to(device)
@@ -104,12 +107,15 @@ def optimize_prompt(G: TriPlaneGenerator, sds: ScoreDistillation, prompt: str, s
         poses = sampler.sample(cfg.batch, gen)
         c = poses.labels(r.avg_camera_radius, r.avg_camera_pivot, G.config.camera_fov_deg).to(device)
         teacher = views[view_index(poses.yaw).to(device)] if cfg.view_prompts else plain
+        teacher_pooled = None if plain_pooled is None else (
+            views_pooled[view_index(poses.yaw).to(views_pooled.device)] if cfg.view_prompts else plain_pooled)
         b = cfg.batch
         ws = param.expand(b, -1, -1) if cfg.target == "w" else ws0.expand(b, -1, -1)
         planes = param.expand(b, -1, -1, -1, -1) if cfg.target == "triplane" else None
         out = G.synthesis(ws, c, planes=planes, noise_mode="const", sampling="stochastic",
                           neural_rendering_resolution=nrr)
         s = sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=uncond,
+                pooled_prompt_embeds=teacher_pooled, negative_pooled_prompt_embeds=uncond_pooled,
                 guidance_scale=cfg.guidance_scale,
                 t_range=timestep_range(step, cfg.steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final),
                 weighting=cfg.weighting, grad_clip=cfg.grad_clip, generator=gen)

@@ -27,18 +27,20 @@ from __future__ import annotations
 import contextlib
 import math
 import types
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import PipelineProperties, download_error, prompt_list, resolve_pretrained
+from adapt3d.diffusion.loading import PipelineProperties, prompt_list
+from adapt3d.diffusion.options import DiffusionOptions, apply_to_pipeline
+from adapt3d.diffusion.sources import (FAMILY_NAMES, ModelSource, check_controlnet_pair, load_controlnet,
+                                       load_pipeline, require_family, resolve_model)
 
 __all__ = ["ControlNetGenerator", "ControlNetOutput", "check_controlnet_args", "VARIANTS", "DEFAULT_BASE",
            "DEFAULT_CONTROLNET", "DEFAULT_SDXL_BASE", "DEFAULT_SDXL_CONTROLNET", "DEFAULT_SD3_BASE",
-           "DEFAULT_SD3_CONTROLNET", "default_models"]
+           "DEFAULT_SD3_CONTROLNET", "default_models", "CONTROLNET_FAMILIES", "resolve_controlnet_pair"]
 
 VARIANTS = ("auto", "sd", "sdxl", "sd3")
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -52,12 +54,37 @@ _DEFAULTS = {  # variant -> (base, {control kind: ControlNet})
     "sdxl": (DEFAULT_SDXL_BASE, {"canny": DEFAULT_SDXL_CONTROLNET, "depth": "diffusers/controlnet-depth-sdxl-1.0"}),
     "sd3": (DEFAULT_SD3_BASE, {"canny": DEFAULT_SD3_CONTROLNET, "depth": "InstantX/SD3-Controlnet-Depth"}),
 }
+CONTROLNET_FAMILIES = ("sd", "sdxl", "sd3")
+"""Base-model families the ControlNet generator supports (see :mod:`adapt3d.diffusion.sources`); ``--variant``
+names one of them (or ``auto``: the base model's own, read from its files)."""
 
 
 def default_models(variant: str, control: str = "canny") -> tuple[str, str]:
     """(base, ControlNet) Hugging Face ids used when none is given ('auto' means SD 1.5)."""
     base, controlnets = _DEFAULTS["sd" if variant == "auto" else variant]
     return base, controlnets[control]
+
+
+def resolve_controlnet_pair(base: str, controlnet: str, options: DiffusionOptions | None = None,
+                            variant: str = "auto", base_flag: str = "--diffusion",
+                            controlnet_flag: str = "--controlnet",
+                            controlnet_config: str | None = None) -> tuple[ModelSource, ModelSource]:
+    """(ControlNet source, base source), checked to fit each other and ``variant``, before any weight loads."""
+    options = options or DiffusionOptions()
+    cn_source = resolve_model(controlnet, "controlnet", controlnet_flag, config=controlnet_config,
+                              config_flag="--controlnet-config", variant=options.weights_variant)
+    base_source = resolve_model(base, "stable-diffusion", base_flag, config=options.diffusion_config,
+                                variant=options.weights_variant)
+    require_family(base_source, CONTROLNET_FAMILIES, "ControlNet generation")
+    if variant != "auto" and base_source.family in CONTROLNET_FAMILIES and base_source.family != variant:
+        raise ValueError(f"--variant {variant}: {base_flag} {base!r} is {FAMILY_NAMES[base_source.family]}, not "
+                         f"{FAMILY_NAMES[variant]}; leave --variant at auto (the base model's architecture) or pass "
+                         f"--variant {base_source.family}")
+    check_controlnet_pair(base_source, cn_source)
+    if options.attention_slicing and "sd3" in (variant, base_source.family):
+        raise ValueError("--attention-slicing: diffusers' SD3 transformer has no attention slicing; leave the "
+                         "option out (--cpu-offload, --vae-slicing and --vae-tiling apply to SD3)")
+    return cn_source, base_source
 
 
 @dataclass
@@ -85,21 +112,6 @@ def check_controlnet_args(guidance_scale: float = 9.0, num_inference_steps: int 
         raise ValueError(f"{prefix}control-scale: {controlnet_conditioning_scale!r} must be a finite number >= 0")
     if variant not in VARIANTS:
         raise ValueError(f"{prefix}variant: {variant!r} is not one of {VARIANTS}")
-
-
-def _detect_variant(name: str) -> str:
-    """'sd3' when the base checkpoint has a transformer and a third text encoder, 'sdxl' when it has a second text
-    encoder (model_index.json), else 'sd'."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        config = DiffusionPipeline.load_config(name)
-    except OSError:
-        return "sd"
-    cls = str(config.get("_class_name", ""))
-    if "StableDiffusion3" in cls or ("transformer" in config and "text_encoder_3" in config):
-        return "sd3"
-    return "sdxl" if "text_encoder_2" in config or "XL" in cls else "sd"
 
 
 @contextlib.contextmanager
@@ -130,6 +142,7 @@ class ControlNetGenerator(PipelineProperties):
             pipe.to(torch.device(device))
         pipe.set_progress_bar_config(disable=True)
         self.source = source or {}
+        self.notes: list[str] = []
         self.is_sd3 = hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3")
         self.is_sdxl = hasattr(pipe, "text_encoder_2") and not self.is_sd3
 
@@ -139,7 +152,8 @@ class ControlNetGenerator(PipelineProperties):
 
     @property
     def device(self):
-        return self._denoiser.device
+        """Where the pipeline computes (with CPU offload: the GPU, while the weights rest in CPU memory)."""
+        return getattr(self.pipe, "_execution_device", None) or self._denoiser.device
 
     @property
     def dtype(self):
@@ -155,49 +169,55 @@ class ControlNetGenerator(PipelineProperties):
                         variant: Literal["auto", "sd", "sdxl", "sd3"] = "auto",
                         device: torch.device | str | None = None,
                         torch_dtype: torch.dtype | None = None, scheduler: Literal["ddim", "keep"] = "ddim",
-                        base_flag: str = "--diffusion", controlnet_flag: str = "--controlnet") -> ControlNetGenerator:
-        """Load a base checkpoint and a ControlNet (Hugging Face ids, local folders or ``'tiny'``).
+                        base_flag: str = "--diffusion", controlnet_flag: str = "--controlnet",
+                        options: DiffusionOptions | None = None,
+                        controlnet_config: str | None = None) -> ControlNetGenerator:
+        """Load a base model and a ControlNet (Hugging Face ids, local folders, ``'tiny'``, or single original-layout
+        files with ``options.diffusion_config`` / ``controlnet_config``).
 
-        ``variant='auto'`` picks SD3 when the base has a transformer and ``text_encoder_3``, SDXL when it has
-        ``text_encoder_2``. ``scheduler='ddim'`` (3D-DST) replaces an SD/SDXL checkpoint's scheduler by DDIM with the
-        same betas; ``'keep'`` keeps it; SD3 always keeps its flow-matching scheduler. Missing
-        weights raise :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the flag and the model.
+        ``variant='auto'`` picks the base model's own architecture, read from its files before loading: SD3 when it
+        has a transformer and ``text_encoder_3``, SDXL when it has ``text_encoder_2``, else SD 1.x/2.x. A base and a
+        ControlNet of different architectures are refused before loading. ``scheduler='ddim'`` (3D-DST) replaces an
+        SD/SDXL checkpoint's scheduler by DDIM with the same betas; ``'keep'`` keeps it; SD3 always keeps its
+        flow-matching scheduler. ``options``: precision, weight variant, memory options
+        (:mod:`adapt3d.diffusion.options`); ``torch_dtype`` overrides ``options.dtype``. Missing weights raise
+        :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the flag and the model.
         """
         check_controlnet_args(variant=variant, prefix="")
         if scheduler not in ("ddim", "keep"):
             raise ValueError(f"scheduler: {scheduler!r} is not one of ('ddim', 'keep')")
-        cn_name = resolve_pretrained(controlnet, "controlnet", controlnet_flag)
-        base_name = resolve_pretrained(base, "stable-diffusion", base_flag)
+        options = options or DiffusionOptions()
+        cn_source, base_source = resolve_controlnet_pair(base, controlnet, options, variant, base_flag,
+                                                         controlnet_flag, controlnet_config)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        from diffusers import (ControlNetModel, DDIMScheduler, SD3ControlNetModel, StableDiffusion3ControlNetPipeline,
-                               StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline)
+        dtype = torch_dtype or options.torch_dtype(dev)
+        from diffusers import (DDIMScheduler, StableDiffusion3ControlNetPipeline, StableDiffusionControlNetPipeline,
+                               StableDiffusionXLControlNetPipeline)
 
-        kind = _detect_variant(base_name) if variant == "auto" else variant
-        with warnings.catch_warnings():  # diffusers 0.42 renamed torch_dtype to dtype
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            cn_cls = SD3ControlNetModel if kind == "sd3" else ControlNetModel
-            try:
-                cn = cn_cls.from_pretrained(cn_name, torch_dtype=dtype)
-            except OSError as e:
-                raise download_error(str(controlnet), "controlnet", controlnet_flag, e) from e
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{controlnet_flag}: {controlnet!r} is not a {cn_cls.__name__} ({e}); check "
-                                 "--variant") from e
-            pipeline_cls = {"sdxl": StableDiffusionXLControlNetPipeline, "sd3": StableDiffusion3ControlNetPipeline}.get(
-                kind, StableDiffusionControlNetPipeline)
-            extra = {} if kind in ("sdxl", "sd3") else {"safety_checker": None, "requires_safety_checker": False}
-            try:
-                pipe = pipeline_cls.from_pretrained(base_name, controlnet=cn, torch_dtype=dtype, **extra)
-            except OSError as e:
-                raise download_error(str(base), "stable-diffusion", base_flag, e) from e
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{base_flag}: {base!r} does not fit the {kind} ControlNet pipeline with "
-                                 f"{controlnet_flag} {controlnet!r} ({e}); check --variant") from e
+        kind = base_source.family if variant == "auto" and base_source.family in CONTROLNET_FAMILIES else \
+            ("sd" if variant == "auto" else variant)
+        if kind == "sd3" and cn_source.family not in (None, "sd3"):
+            raise ValueError(f"{controlnet_flag}: {controlnet!r} is not an SD3 ControlNet (SD3ControlNetModel); "
+                             "an SD3 base model needs one, e.g. InstantX/SD3-Controlnet-Canny")
+        cn = load_controlnet(cn_source, dtype, sd3=kind == "sd3")
+        pipeline_cls = {"sdxl": StableDiffusionXLControlNetPipeline, "sd3": StableDiffusion3ControlNetPipeline}.get(
+            kind, StableDiffusionControlNetPipeline)
+        extra = {} if kind in ("sdxl", "sd3") else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            pipe = load_pipeline(pipeline_cls, base_source, dtype, controlnet=cn, **extra)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{base_flag}: {base!r} does not fit the {kind} ControlNet pipeline with "
+                             f"{controlnet_flag} {controlnet!r} ({e}); check --variant") from e
         if scheduler == "ddim" and kind != "sd3":
             pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1)
-        return cls(pipe, device=dev, source={"base": str(base), "controlnet": str(controlnet), "variant": kind,
-                                             "scheduler": type(pipe.scheduler).__name__})
+        record = {"base": str(base), "controlnet": str(controlnet), "variant": kind,
+                  "scheduler": type(pipe.scheduler).__name__, "dtype": str(dtype).removeprefix("torch.")}
+        record.update({k: v for k, v in (("weights_variant", options.weights_variant),
+                                         ("diffusion_config", options.diffusion_config),
+                                         ("controlnet_config", controlnet_config)) if v is not None})
+        generator = cls(pipe, device=None, source=record)
+        generator.notes = apply_to_pipeline(pipe, options, dev)
+        return generator
 
     def __call__(self, control_images: torch.Tensor, prompt: str | Sequence[str],
                  negative_prompt: str | Sequence[str] | None = None, guidance_scale: float = 9.0,

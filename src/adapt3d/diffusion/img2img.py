@@ -1,13 +1,15 @@
 """Batched, per-image-seeded Stable Diffusion img2img translation (DATID-3D's "pose-aware target generation").
 
-``Img2ImgTranslator`` wraps a diffusers ``StableDiffusionImg2ImgPipeline`` (any SD 1.x / 2.x checkpoint). It takes
+``Img2ImgTranslator`` wraps a diffusers ``StableDiffusionImg2ImgPipeline`` (any SD 1.x / 2.x checkpoint) or
+``StableDiffusionXLImg2ImgPipeline`` (SDXL base or refiner, chosen from the model's own files). It takes
 generator images in [-1, 1] and returns float images in [0, 1]. Every output image ``k`` has its own seed
 ``seeds[k]``: its own CPU ``torch.Generator`` draws both the VAE posterior sample and the initial noise, so an image
 is regenerated alone, bit for bit, from (source image, prompt, seed, settings) whatever batch it was made in (see
 :meth:`Img2ImgTranslator.__call__` for the measured batch/single difference).
 
 Defaults are DATID-3D's: strength 0.7, guidance 8, 50 steps, PNDM scheduler (``skip_prk_steps``), no negative
-prompt; fp16 on CUDA. Example::
+prompt; fp16 on CUDA (see :class:`adapt3d.diffusion.options.DiffusionOptions` for precision, weight variants,
+single-file checkpoints and memory options). Example::
 
     t = Img2ImgTranslator.from_pretrained("stabilityai/stable-diffusion-2-1-base", device="cuda")
     out = t(images, "a 3D render of a face in Pixar style", seeds=[0, 1, 2, 3])   # out.images (4, 3, 512, 512)
@@ -23,14 +25,18 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import PipelineProperties, download_error, prompt_list, resolve_pretrained
+from adapt3d.diffusion.loading import PipelineProperties, prompt_list
+from adapt3d.diffusion.options import DiffusionOptions, apply_to_pipeline
+from adapt3d.diffusion.sources import load_pipeline, require_family, resolve_model
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds
-    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
 __all__ = ["Img2ImgTranslator", "Img2ImgOutput", "check_img2img_args", "SCHEDULERS"]
 
 SCHEDULERS = ("pndm", "ddim", "keep")
+IMG2IMG_FAMILIES = ("sd", "sdxl", "sdxl-refiner")
+"""Model families img2img translation supports (see :mod:`adapt3d.diffusion.sources`)."""
 SchedulerName = Literal["pndm", "ddim", "keep"]
 
 
@@ -84,43 +90,53 @@ def _set_scheduler(pipe, scheduler: str) -> None:
 
 
 class Img2ImgTranslator(PipelineProperties):
-    """Translate generator renders with a ``StableDiffusionImg2ImgPipeline`` (components passed in, or
-    :meth:`from_pretrained`)."""
+    """Translate generator renders with an SD / SDXL img2img pipeline (passed in, or :meth:`from_pretrained`)."""
 
-    def __init__(self, pipe: StableDiffusionImg2ImgPipeline, device: torch.device | str | None = None,
-                 source: str | None = None) -> None:
+    def __init__(self, pipe: StableDiffusionImg2ImgPipeline | StableDiffusionXLImg2ImgPipeline,
+                 device: torch.device | str | None = None, source: str | None = None) -> None:
         self.pipe = pipe
         if device is not None:
             pipe.to(torch.device(device))
         pipe.set_progress_bar_config(disable=True)
         self.source = source
+        self.model_source = None  # the resolved ModelSource when made by from_pretrained
+        self.notes: list[str] = []
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, device: torch.device | str | None = None,
                         torch_dtype: torch.dtype | None = None, scheduler: SchedulerName = "pndm",
-                        flag: str = "--diffusion") -> Img2ImgTranslator:
-        """Load an SD 1.x/2.x checkpoint (Hugging Face id, local folder or ``'tiny'``) for img2img.
+                        flag: str = "--diffusion", options: DiffusionOptions | None = None) -> Img2ImgTranslator:
+        """Load an SD 1.x/2.x or SDXL (base or refiner) model for img2img: Hugging Face id, local folder,
+        ``'tiny'``, or a single ``.safetensors``/``.ckpt`` in the original layout (with ``options.diffusion_config``).
 
-        ``torch_dtype`` defaults to float16 on CUDA and float32 otherwise. ``scheduler``: ``'pndm'`` (DATID-3D),
-        ``'ddim'`` or ``'keep'`` (the checkpoint's own). The safety checker is not loaded (as in DATID-3D).
-        Raises :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the model and how to get it.
+        The architecture is read from the folder / file first: SDXL loads ``StableDiffusionXLImg2ImgPipeline`` (two
+        text encoders, size and crop conditioning), anything else that is not SD 1.x/2.x is refused before loading.
+        ``torch_dtype`` overrides ``options.dtype`` (default: fp16 on CUDA, fp32 otherwise). ``scheduler``:
+        ``'pndm'`` (DATID-3D), ``'ddim'`` or ``'keep'`` (the checkpoint's own). ``options`` also carries the weight
+        variant and the memory options (:mod:`adapt3d.diffusion.options`). The safety checker is not loaded (as in
+        DATID-3D). Raises :class:`adapt3d.diffusion.loading.PretrainedNotFoundError` naming the model and how to
+        get it.
         """
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler: {scheduler!r} is not one of {SCHEDULERS}")
-        name = resolve_pretrained(model_id_or_path, "stable-diffusion", flag)
+        options = options or DiffusionOptions()
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        from diffusers import StableDiffusionImg2ImgPipeline
+        source = resolve_model(model_id_or_path, "stable-diffusion", flag, config=options.diffusion_config,
+                               variant=options.weights_variant)
+        require_family(source, IMG2IMG_FAMILIES, "img2img")
+        dtype = torch_dtype or options.torch_dtype(dev)
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
-        try:
-            with warnings.catch_warnings():  # diffusers 0.42 renamed torch_dtype to dtype; older ones lack dtype
-                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                pipe = StableDiffusionImg2ImgPipeline.from_pretrained(name, torch_dtype=dtype, safety_checker=None,
-                                                                      requires_safety_checker=False)
-        except OSError as e:  # download / cache failures
-            raise download_error(str(model_id_or_path), "stable-diffusion", flag, e) from e
+        if source.family in ("sdxl", "sdxl-refiner"):
+            pipe = load_pipeline(StableDiffusionXLImg2ImgPipeline, source, dtype)
+        else:
+            pipe = load_pipeline(StableDiffusionImg2ImgPipeline, source, dtype, safety_checker=None,
+                                 requires_safety_checker=False)
         _set_scheduler(pipe, scheduler)
-        return cls(pipe, device=dev, source=str(model_id_or_path))
+        translator = cls(pipe, device=None, source=str(model_id_or_path))
+        translator.model_source = source
+        translator.notes = apply_to_pipeline(pipe, options, dev)
+        return translator
 
     @classmethod
     def from_components(cls, unet, vae, text_encoder, tokenizer, scheduler, scheduler_name: SchedulerName = "pndm",

@@ -104,10 +104,19 @@ def resolve_pretrained(name_or_path: str | os.PathLike, kind: str, flag: str | N
 
 
 def download_error(name: str, kind: str, flag: str, error: BaseException) -> PretrainedNotFoundError:
-    """Wrap a failed ``from_pretrained`` download into an error that says how to get the weights."""
+    """Wrap a failed ``from_pretrained`` into an error that says how to get the weights (a Hugging Face id) or
+    what is wrong with the local folder or file (never advising to download a local path)."""
     what = KINDS[kind][0]
-    return PretrainedNotFoundError(f"{flag}: could not load the {what} {name!r} ({type(error).__name__}: "
-                                   f"{str(error).splitlines()[0] if str(error) else ''}). To get it, "
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    path = Path(str(name)).expanduser()
+    if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        check = ("the file is complete (its size matches the published one)" if path.is_file() else
+                 f"the folder is complete: {KINDS[kind][1]} plus, for each component, its config and weights "
+                 "(an interrupted copy or download leaves some out; --weights-variant fp16 for folders holding "
+                 "only *.fp16.* weights)")
+        return PretrainedNotFoundError(f"{flag}: could not load the {what} from the local path {name} ({reason}); "
+                                       f"check that {check}")
+    return PretrainedNotFoundError(f"{flag}: could not load the {what} {name!r} ({reason}). To get it, "
                                    + how_to_get(name, kind, flag))
 
 
@@ -135,7 +144,8 @@ class PipelineProperties:
 
     @property
     def device(self):
-        return self.pipe.unet.device
+        """Where the pipeline computes (with CPU offload: the GPU, while the weights rest in CPU memory)."""
+        return getattr(self.pipe, "_execution_device", None) or self.pipe.unet.device
 
     @property
     def dtype(self):

@@ -16,7 +16,8 @@ with ``s + 1`` (its default 100 is our 101).
 Weighting ``w(t)``: ``'sds'`` = 1 - a_t (DreamFusion), ``'uniform'`` = 1, ``'fantasia3d'`` = sqrt(a_t) (1 - a_t).
 Timesteps: t ~ U{int(T min), ..., int(T max)} per sample (T = 1000 train timesteps; threestudio's [0.02, 0.98]),
 with optional annealing (:func:`timestep_range`). Non-finite gradient entries are zeroed and counted; ``grad_clip``
-clamps every entry to [-grad_clip, grad_clip]. v-prediction teachers are converted to eps. fp16 on CUDA.
+clamps every entry to [-grad_clip, grad_clip]. v-prediction teachers are converted to eps. fp16 on CUDA. Teachers:
+SD 1.x/2.x and the SDXL base (its added size and pooled-text conditioning; see :class:`ScoreDistillation`).
 
 View-dependent prompting (threestudio's prompt processor): for a camera at EG3D yaw ``y`` (pi/2 = frontal) the
 azimuth is ``|y - pi/2|`` wrapped to [0, pi]; ``< 45 deg`` -> ``"<prompt>, front view"``, ``> 135 deg`` ->
@@ -25,24 +26,25 @@ azimuth is ``|y - pi/2|`` wrapped to [0, pi]; ``< 45 deg`` -> ``"<prompt>, front
 
 from __future__ import annotations
 
+import contextlib
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import DEFAULT_DIFFUSION, download_error, resolve_pretrained
+from adapt3d.diffusion.loading import DEFAULT_DIFFUSION
+from adapt3d.diffusion.options import DiffusionOptions, apply_to_components
+from adapt3d.diffusion.sources import load_pipeline, require_family, resolve_model
 
 __all__ = ["ScoreDistillation", "SDSOutput", "sds_weights", "timestep_range", "view_index", "view_prompt",
-           "VIEWS", "WEIGHTINGS", "ANNEALING", "check_sds_args", "SDSOptions", "DEFAULT_DIFFUSION"]
+           "VIEWS", "WEIGHTINGS", "ANNEALING", "check_sds_args", "SDSOptions", "DEFAULT_DIFFUSION", "SDS_FAMILIES"]
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
 ANNEALING = ("none", "linear", "sqrt")
 VIEWS = ("front", "side", "back")
-"""threestudio's SDS teacher (512 px, epsilon prediction)."""
 
 
 def view_index(yaw: torch.Tensor, front_deg: float = 45.0, back_deg: float = 45.0) -> torch.Tensor:
@@ -165,6 +167,10 @@ class SDSOutput:
     """Scalars for logging: grad_norm (mean per-sample L2), t_mean, w_mean, nonfinite (zeroed grad entries)."""
 
 
+SDS_FAMILIES = ("sd", "sdxl")
+"""Teachers score distillation supports: SD 1.x/2.x and the SDXL base (:mod:`adapt3d.diffusion.sources`)."""
+
+
 def _freeze(module):
     if module is not None:
         module.eval().requires_grad_(False)
@@ -172,64 +178,99 @@ def _freeze(module):
 
 
 class ScoreDistillation:
-    """SDS guidance from Stable Diffusion components (passed in; :meth:`from_pretrained` is a convenience).
+    """SDS guidance from Stable Diffusion (1.x/2.x or SDXL) components (passed in; :meth:`from_pretrained` is a
+    convenience).
 
-    ``unet``: a diffusers ``UNet2DConditionModel`` (or anything called as ``unet(x, t,
-    encoder_hidden_states=e)`` returning ``.sample``); ``scheduler``: any diffusers scheduler with
-    ``alphas_cumprod`` and ``config.num_train_timesteps`` / ``config.prediction_type``; ``text_encoder`` +
-    ``tokenizer`` (CLIP) encode prompts; ``vae`` (``AutoencoderKL``) encodes images. Every model is frozen.
+    ``unet``: a diffusers ``UNet2DConditionModel`` (or anything called as ``unet(x, t, encoder_hidden_states=e)``
+    returning ``.sample``); ``scheduler``: any diffusers scheduler with ``alphas_cumprod`` and
+    ``config.num_train_timesteps`` / ``config.prediction_type``; ``text_encoder`` + ``tokenizer`` (CLIP) encode
+    prompts; ``vae`` (``AutoencoderKL``) encodes images. Every model is frozen.
+
+    SDXL (``text_encoder_2`` + ``tokenizer_2`` given, a UNet with ``addition_embed_type='text_time'``): prompt
+    embeddings are the penultimate hidden states of both encoders concatenated (B, 77, 768 + 1280), as diffusers'
+    SDXL pipelines build them; the UNet also gets the second encoder's pooled embedding (B, 1280) and the size /
+    crop ids ``(H, W, 0, 0, H, W)`` of :attr:`resolution`. With ``force_zeros_for_empty_prompt`` (SDXL base's
+    setting) the empty prompt encodes to zeros, as the pipelines do without a negative prompt.
+
+    ``options`` (:class:`~adapt3d.diffusion.options.DiffusionOptions`): attention slicing, VAE slicing / tiling /
+    gradient checkpointing, UNet compilation; ``cpu_offload`` keeps the text encoders and the UNet in CPU memory
+    and moves each to ``device`` only for its call (the VAE stays on ``device``: the gradient flows through it).
     """
 
     def __init__(self, unet, scheduler, text_encoder=None, tokenizer=None, vae=None,
-                 device: torch.device | str | None = None, source: str | None = None) -> None:
+                 device: torch.device | str | None = None, source: str | None = None, *, text_encoder_2=None,
+                 tokenizer_2=None, force_zeros_for_empty_prompt: bool = False,
+                 options: DiffusionOptions | None = None) -> None:
+        self.options = options or DiffusionOptions()
         self.unet, self.scheduler = _freeze(unet), scheduler
         self.text_encoder, self.tokenizer, self.vae = _freeze(text_encoder), tokenizer, _freeze(vae)
-        if device is not None:
-            for m in (self.unet, self.text_encoder, self.vae):
-                if m is not None:
-                    m.to(torch.device(device))
+        self.text_encoder_2, self.tokenizer_2 = _freeze(text_encoder_2), tokenizer_2
+        self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+        self.is_sdxl = text_encoder_2 is not None or (
+            getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time")
+        first = next((m for m in (unet, text_encoder, text_encoder_2, vae) if m is not None), None)
+        self.execution_device = torch.device(device) if device is not None else (
+            next(first.parameters()).device if first is not None else torch.device("cpu"))
+        self.offload = self.options.cpu_offload
+        for m in (self.unet, self.text_encoder, self.text_encoder_2, self.vae):
+            if m is not None:  # offloaded models wait in CPU memory; the VAE always sits on the device
+                m.to(torch.device("cpu") if self.offload and m is not self.vae else self.execution_device)
+        self.unet = apply_to_components(self.options, self.unet, self.vae)
         self.alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)  # (T,) on the CPU
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = str(getattr(scheduler.config, "prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"scheduler: prediction_type {self.prediction_type!r} is not supported (epsilon, "
                              "v_prediction)")
+        if self.is_sdxl and self.unet is not None:
+            ids = self._num_time_ids()
+            if ids != 6:
+                raise ValueError(f"unet: an SDXL UNet conditioned on {ids} size/crop/aesthetic ids is not supported "
+                                 "(the SDXL base uses 6; the refiner's 5 include an aesthetic score)")
         self.source = source
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.model_source = None  # the resolved ModelSource when made by from_pretrained
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_DIFFUSION, device: torch.device | str | None = None,
                         torch_dtype: torch.dtype | None = None, flag: str = "--diffusion",
-                        load_vae: bool = True, load_unet: bool = True) -> ScoreDistillation:
-        """Load UNet, VAE, text encoder, tokenizer and scheduler of an SD 1.x/2.x folder or Hugging Face id (or
-        ``'tiny'``). float16 on CUDA, float32 otherwise. ``load_unet=False`` / ``load_vae=False`` load only what
-        prompt encoding needs (``generate``)."""
-        name = resolve_pretrained(name_or_path, "stable-diffusion", flag)
+                        load_vae: bool = True, load_unet: bool = True,
+                        options: DiffusionOptions | None = None) -> ScoreDistillation:
+        """Load the UNet, VAE, text encoder(s), tokenizer(s) and scheduler of an SD 1.x/2.x or SDXL model: folder,
+        Hugging Face id, ``'tiny'``, or a single original-layout file (``options.diffusion_config`` names its
+        configs). ``torch_dtype`` overrides ``options.dtype`` (default fp16 on CUDA, fp32 otherwise); with SDXL in
+        fp16 the VAE runs in fp32 when its config asks for it (``force_upcast``, as diffusers does).
+        ``load_unet=False`` / ``load_vae=False`` load only what prompt encoding needs (``generate``)."""
+        options = options or DiffusionOptions()
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        src = resolve_model(name_or_path, "stable-diffusion", flag, config=options.diffusion_config,
+                            variant=options.weights_variant)
+        require_family(src, SDS_FAMILIES, "score distillation")
+        dtype = torch_dtype or options.torch_dtype(dev)
+        from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", torch_dtype=dtype) \
-                    if load_unet else None
-                vae = AutoencoderKL.from_pretrained(name, subfolder="vae", torch_dtype=dtype) if load_vae else None
-                text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", dtype=dtype)
-                tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer")
-                scheduler = DDIMScheduler.from_pretrained(name, subfolder="scheduler")
-        except OSError as e:
-            raise download_error(str(name_or_path), "stable-diffusion", flag, e) from e
-        return cls(unet, scheduler, text_encoder, tokenizer, vae, device=dev, source=str(name_or_path))
+        skip = {k: None for k, keep in (("unet", load_unet), ("vae", load_vae)) if not keep}
+        if src.family == "sdxl":
+            pipe = load_pipeline(StableDiffusionXLPipeline, src, dtype, **skip)
+        else:
+            pipe = load_pipeline(StableDiffusionPipeline, src, dtype, safety_checker=None, feature_extractor=None,
+                                 requires_safety_checker=False, **skip)
+        vae = pipe.vae
+        if src.family == "sdxl" and vae is not None and dtype == torch.float16 and vae.config.force_upcast:
+            vae = vae.to(torch.float32)
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        sds = cls(pipe.unet, scheduler, pipe.text_encoder, pipe.tokenizer, vae, device=dev, source=str(name_or_path),
+                  text_encoder_2=getattr(pipe, "text_encoder_2", None), tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                  force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
+                  options=options)
+        sds.model_source = src
+        return sds
 
     # -- properties ----------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for m in (self.unet, self.text_encoder, self.vae):
-            if m is not None:
-                return next(m.parameters()).device
-        return torch.device("cpu")
+        """Where SDS computes (the models' device; with CPU offload the GPU they move to for each call)."""
+        return self.execution_device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -241,32 +282,79 @@ class ScoreDistillation:
 
     @property
     def resolution(self) -> int:
-        """Image size in pixels the teacher expects (UNet sample size x VAE factor; 512 for SD 2.1-base)."""
+        """Image size in pixels the teacher expects (UNet sample size x VAE factor; 512 for SD 2.1-base, 1024 for
+        SDXL)."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
     def text_dim(self) -> int:
-        """Width D of the prompt embeddings (B, L, D)."""
-        return int(self.text_encoder.config.hidden_size)
+        """Width D of the prompt embeddings (B, L, D) (SDXL: both encoders' widths added)."""
+        return sum(int(te.config.hidden_size) for te in (self.text_encoder, self.text_encoder_2) if te is not None)
+
+    def _num_time_ids(self) -> int:
+        cfg = self.unet.config
+        pooled = int(self.text_encoder_2.config.projection_dim) if self.text_encoder_2 is not None else 0
+        return (int(cfg.projection_class_embeddings_input_dim) - pooled) // int(cfg.addition_time_embed_dim)
+
+    @contextlib.contextmanager
+    def _resident(self, module):
+        """With CPU offload: ``module`` on the execution device for the block, back in CPU memory after it."""
+        if not self.offload or module is None:
+            yield module
+            return
+        module.to(self.execution_device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
 
     # -- encoders ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """Prompts -> token embeddings (B, L, D) float32 on :attr:`device` (padded to the tokenizer's max length,
-        77 for CLIP; the text encoder's last hidden state, as Stable Diffusion uses). Cached per string."""
+    def _encode_new(self, prompts: list[str]) -> None:
+        dev = self.device
+        pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)] if self.is_sdxl \
+            else [(self.tokenizer, self.text_encoder)]
+        parts, pooled = [], None
+        for tok, te in pairs:
+            if te is None or tok is None:
+                raise ValueError("this ScoreDistillation has no text encoder/tokenizer; pass prompt_embeds instead")
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(dev)
+            with self._resident(te):
+                if self.is_sdxl:  # penultimate layer of both encoders; pooled projection of the second
+                    out = te(ids, output_hidden_states=True)
+                    parts.append(out.hidden_states[-2].float())
+                    if te is self.text_encoder_2:
+                        pooled = out[0].float()  # (n, P) text_embeds
+                else:
+                    parts.append(te(ids)[0].float())  # (n, L, D) last hidden state, as Stable Diffusion uses
+        emb = torch.cat(parts, dim=-1)  # (n, L, D)
+        if self.is_sdxl and self.force_zeros_for_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=emb.device)
+            emb = torch.where(empty[:, None, None], torch.zeros_like(emb), emb)
+            pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+        for k, p in enumerate(prompts):
+            self._prompt_cache[p] = (emb[k], None if pooled is None else pooled[k])
+
+    def _cached(self, prompts: str | Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt: expected a string or a non-empty list of strings")
-        if self.text_encoder is None or self.tokenizer is None:
-            raise ValueError("this ScoreDistillation has no text encoder/tokenizer; pass prompt_embeds instead")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            emb = self.text_encoder(ids)[0].float()  # (n, L, D)
-            for p, e in zip(missing, emb):
-                self._prompt_cache[p] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+            self._encode_new(missing)
+        return [self._prompt_cache[p] for p in prompts]
+
+    def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Prompts -> token embeddings (B, L, D) float32 on :attr:`device` (padded to the tokenizer's max length,
+        77 for CLIP; SD: the text encoder's last hidden state; SDXL: see the class docstring). Cached per string."""
+        return torch.stack([e for e, _ in self._cached(prompts)])
+
+    def encode_pooled(self, prompts: str | Sequence[str]) -> torch.Tensor | None:
+        """SDXL: the pooled prompt embeddings (B, P) float32 the UNet also needs; None for SD 1.x/2.x."""
+        if not self.is_sdxl:
+            return None
+        return torch.stack([p for _, p in self._cached(prompts)])
 
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> latents (B, 4, h, w) float32, differentiable w.r.t. the images.
@@ -283,17 +371,27 @@ class ScoreDistillation:
         eps = torch.randn(post.mean.shape, generator=generator).to(post.mean)  # CPU draw: same on any device
         return (post.mean + post.std * eps).float() * float(self.vae.config.scaling_factor)
 
+    def _added_cond(self, pooled: torch.Tensor, n: int) -> dict:
+        """SDXL's extra UNet inputs for ``n`` rows: pooled text embeddings and (H, W, 0, 0, H, W) size/crop ids."""
+        res = self.resolution
+        ids = torch.tensor([[res, res, 0, 0, res, res]], dtype=self.dtype, device=self.device).expand(n, -1)
+        return {"text_embeds": pooled.to(self.device, self.dtype), "time_ids": ids}
+
     # -- the SDS gradient ----------------------------------------------------------------------------------------
     def __call__(self, images: torch.Tensor | None = None, *, latents: torch.Tensor | None = None,
                  prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None,
                  guidance_scale: float = 100.0, t_range: tuple[float, float] = (0.02, 0.98),
                  weighting: Weighting = "sds", grad_clip: float | None = None,
-                 generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None) -> SDSOutput:
+                 generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
+                 pooled_prompt_embeds: torch.Tensor | None = None,
+                 negative_pooled_prompt_embeds: torch.Tensor | None = None) -> SDSOutput:
         """SDS loss for renders ``images`` (B, 3, H, W) in [-1, 1] *or* SD ``latents`` (B, 4, h, w).
 
         ``prompt_embeds`` (B or 1, L, D) condition eps_c; ``negative_prompt_embeds`` (B or 1, L, D) give eps_u
         (required unless ``guidance_scale == 1``, where eps_hat = eps_c). ``t_range``: fractions of the train
         timesteps; ``timesteps`` (B,) overrides the draw. ``generator`` (CPU) draws t, eps and the VAE sample.
+        SDXL teachers also need ``pooled_prompt_embeds`` / ``negative_pooled_prompt_embeds`` (B or 1, P) from
+        :meth:`encode_pooled`.
         """
         if (images is None) == (latents is None):
             raise ValueError("give exactly one of images (B, 3, H, W) in [-1, 1] and latents (B, 4, h, w)")
@@ -311,6 +409,16 @@ class ScoreDistillation:
                 raise ValueError("negative_prompt_embeds: required for classifier-free guidance (guidance_scale "
                                  "!= 1); encode '' or a negative prompt")
             uncond = self._batch_embeds(negative_prompt_embeds, b, "negative_prompt_embeds")
+        added = None
+        if self.is_sdxl:
+            if pooled_prompt_embeds is None or (use_cfg and negative_pooled_prompt_embeds is None):
+                raise ValueError("pooled_prompt_embeds: an SDXL teacher also needs the pooled prompt embeddings "
+                                 "(and the negative ones for guidance); get them with encode_pooled(prompts)")
+            pooled = self._batch_pooled(pooled_prompt_embeds, b, "pooled_prompt_embeds")
+            if use_cfg:
+                pooled = torch.cat([pooled, self._batch_pooled(negative_pooled_prompt_embeds, b,
+                                                               "negative_pooled_prompt_embeds")])
+            added = self._added_cond(pooled, pooled.shape[0])
         n_t = self.num_train_timesteps
         if timesteps is None:
             t_lo = min(max(int(n_t * t_range[0]), 0), n_t - 1)
@@ -326,8 +434,10 @@ class ScoreDistillation:
             x_in = torch.cat([z_t, z_t]) if use_cfg else z_t
             e_in = torch.cat([cond, uncond]) if use_cfg else cond
             t_in = torch.cat([timesteps, timesteps]) if use_cfg else timesteps
-            out = self.unet(x_in.to(self.device, self.dtype), t_in.to(self.device),
-                            encoder_hidden_states=e_in.to(self.device, self.dtype))
+            extra = {"added_cond_kwargs": added} if added is not None else {}
+            with self._resident(self.unet) as unet:
+                out = unet(x_in.to(self.device, self.dtype), t_in.to(self.device),
+                           encoder_hidden_states=e_in.to(self.device, self.dtype), **extra)
             pred = (out.sample if hasattr(out, "sample") else out[0]).float().to(dev)
             if self.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) z_t
                 a2 = torch.cat([a, a]) if use_cfg else a
@@ -359,3 +469,10 @@ class ScoreDistillation:
             shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
             raise ValueError(f"{name}: expected ({b} or 1, L, D) token embeddings, got {shape}")
         return e.expand(b, -1, -1) if e.shape[0] == 1 else e
+
+    @staticmethod
+    def _batch_pooled(e: torch.Tensor, b: int, name: str) -> torch.Tensor:
+        if not isinstance(e, torch.Tensor) or e.ndim != 2 or e.shape[0] not in (1, b):
+            shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"{name}: expected ({b} or 1, P) pooled embeddings, got {shape}")
+        return e.expand(b, -1) if e.shape[0] == 1 else e

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+from adapt3d.diffusion.options import DiffusionOptions, DiffusionOptionsField, diffusion_options_field
 from adapt3d.export.options import RenderStageOptions
 from adapt3d.pipelines import finetune as finetune_pipeline
 from adapt3d.pipelines import make_dataset as make_dataset_pipeline
@@ -76,7 +77,8 @@ class AdaptConfig(RenderStageOptions):
     num_inference_steps: int | None = None
     """Diffusion steps (DATID-3D: 50; tiny: 10)."""
     diffusion: str = "auto"
-    """img2img model: Hugging Face id, local folder, or 'tiny' (auto: tiny with --preset tiny, else SD 2.1-base)."""
+    """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt, or 'tiny'
+    (auto: tiny with --preset tiny, else SD 2.1-base)."""
     clip_model: str = "auto"
     """CLIP model for scores and filters, or 'none'."""
     clip_threshold: float | None = None
@@ -112,6 +114,8 @@ class AdaptConfig(RenderStageOptions):
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """datid3d: precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetConfig, FinetuneConfig, RenderConfig]:
@@ -124,7 +128,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
         num_inference_steps=pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
-        device=cfg.device, progress=cfg.progress)
+        device=cfg.device, progress=cfg.progress, diffusion_options=cfg.diffusion_options)
     kimg = pick(cfg.kimg, 200.0, 0.2, tiny)
     train = finetune_stage_config(cfg, out, kimg=kimg, snapshot_kimg=50.0, tiny=tiny)
     shows = render_stage_config(cfg, out / "render", out / "train" / "final",
@@ -177,7 +181,8 @@ def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: Ada
 # Options of `adapt3d adapt` that only DATID-3D uses, with their defaults (a changed one is an error for the others).
 _DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "guidance_scale": 8.0,
                "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
-               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": ()}
+               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": (),
+               "diffusion_options": DiffusionOptions()}
 _SHARED = ("out", "preset", "generator", "seed", "device", "progress", "source_text", "steps",
            *(f.name for f in fields(RenderStageOptions)))
 
@@ -191,6 +196,9 @@ def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
     if method not in ("nada", "itportrait"):
         raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
     changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
+    if "diffusion_options" in changed:  # name its changed flags (--dtype, --cpu-offload, ...)
+        now, default = asdict(adapt_cfg.diffusion_options), asdict(DiffusionOptions())
+        changed = [k for k in changed if k != "diffusion_options"] + [k for k in default if now[k] != default[k]]
     if changed:
         flags = ", ".join(flag_name(k) for k in changed)
         raise ValueError(f"{flags}: only used by --method datid3d; --method {method} trains with CLIP losses "

@@ -23,8 +23,10 @@ Everything a user can get wrong is checked before the first step; rerunning the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,6 +52,11 @@ def resolve_models(cfg: DistillConfig) -> tuple[str, str | None]:
     diffusion = cfg.diffusion or ("tiny" if tiny else DEFAULT_DIFFUSION)
     clip = cfg.clip_model or ("tiny" if tiny else DEFAULT_CLIP_MODEL)
     return diffusion, None if clip == "none" else clip
+
+
+def _teacher_loading(opts) -> dict:
+    """What ``generate`` needs besides the name to load the same text encoder(s) (only the options set)."""
+    return {k: getattr(opts, k) for k in ("weights_variant", "diffusion_config") if getattr(opts, k) is not None}
 
 
 def _slug(i: int) -> str:
@@ -102,20 +109,36 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
 
 def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillResult:
     """Distil as configured (see the module docstring). Raises ValueError naming the flag on bad input."""
-    from adapt3d.diffusion.sds import ScoreDistillation
+    from adapt3d.diffusion.sds import SDS_FAMILIES, ScoreDistillation
+    from adapt3d.diffusion.sources import require_family, resolve_model
     t0 = time.time()
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
+    cfg.diffusion_options.check(device, gradients=True)
     out = check_output_folder(Path(cfg.out))
     run_folder = RunFolder(out, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)
     diffusion, clip_name = resolve_models(cfg)
+    opts = cfg.diffusion_options
+    teacher = resolve_model(diffusion, "stable-diffusion", "--diffusion", config=opts.diffusion_config,
+                            variant=opts.weights_variant)  # before any model loads: missing / unsupported teacher
+    require_family(teacher, SDS_FAMILIES, "distill (score distillation)")
     if cfg.diversity_features == "clip" and clip_name is None:
         raise ValueError("--diversity-features clip needs a CLIP model; pass --clip-model or --diversity-features "
                          "pixels")
     gan = resolved_gan_options(cfg)
+    gan_note = None
+    if gan["gan_real"] == "teacher" and teacher.family not in (None, "sd"):  # reals need the SD 1.x/2.x img2img
+        if cfg.gan_real != "auto":
+            raise ValueError(f"--gan-real teacher: the teacher's img2img reals are built with the SD 1.x/2.x img2img "
+                             f"pipeline; --diffusion {diffusion} is {teacher.family}: pass --gan-real source or "
+                             "dataset")
+        gan["gan_real"] = "source"
+        cfg = dataclasses.replace(cfg, gan_real="source")  # what the trainer reads (the identity keeps 'auto')
+        gan_note = (f"--gan-real auto: source samples as D's reals (teacher img2img reals need an SD 1.x/2.x "
+                    f"teacher, {diffusion} is {teacher.family})")
     dataset = None
     if gan["gan_real"] == "dataset":
         from adapt3d.data.eg3d_dataset import EG3DDataset
@@ -123,7 +146,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
 
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, load_discriminator=cfg.lambda_gan > 0)
     G = loaded.generator
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + ([gan_note] if gan_note else [])
     if dataset is not None:
         from adapt3d.data.eg3d_dataset import EG3DDataset
         from adapt3d.pipelines.finetune import check_dataset_for_generator
@@ -131,7 +154,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
             dataset = EG3DDataset(cfg.dataset, resolution=G.img_resolution)
             notes.append(f"dataset images resized to {G.img_resolution} px on load")
         notes += check_dataset_for_generator(dataset, G)
-    sds = ScoreDistillation.from_pretrained(diffusion, device=device)
+    sds = ScoreDistillation.from_pretrained(diffusion, device=device, options=opts)
     cond_cfg = TextConditioningConfig.for_generator(
         G, sds.text_dim, num_groups=min(cfg.num_groups, G.num_ws), adapter_hidden=cfg.adapter_hidden,
         attn_dim=cfg.attn_dim, attn_heads=cfg.attn_heads, attn_resolution=cfg.attn_resolution)
@@ -195,14 +218,15 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
     options = {"identity": identity,
-               "options": to_jsonable(vars(cfg)),
+               "options": to_jsonable(asdict(cfg)),
                "gan": {**gan, "why": {"teacher": "D's reals are the teacher's translations of source samples: "
                                                  "diversity kept, pulled toward the text",
                                       "source": "D's reals are source samples: D learns styled vs source and "
                                                 "pulls renders back to the source",
                                       "dataset": "D's reals are --dataset images", "none": "--lambda-gan 0"}
                        [gan["gan_real"]]},
-               "resolved": {"diffusion": diffusion, "clip_model": clip_name, "device": str(device),
+               "resolved": {"diffusion": diffusion, "diffusion_model": teacher.record(),
+                            "diffusion_options": opts.record(device), "clip_model": clip_name, "device": str(device),
                             "generator": loaded.source, "prompts": prompts, "conditioning": cond_cfg.to_dict(),
                             "conditioning_parameters": sum(p.numel() for p in model.conditioning_parameters()),
                             "resume_from": str(resume_from) if resume_from else None},
@@ -212,7 +236,8 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
                    + (f"resuming from {resume_from}" if resume_from else "starting from the source generator"))
     trainer = DistillTrainer(cfg, model, sds, prompts, D=D, source=source, dataset=dataset, scorer=scorer,
                              device=device, run_folder=run_folder, resume_from=resume_from, teacher_reals=teacher_reals,
-                             text_encoder_info={"diffusion": diffusion, "text_dim": sds.text_dim},
+                             text_encoder_info={"diffusion": diffusion, "text_dim": sds.text_dim,
+                                                **_teacher_loading(opts)},
                              callbacks=callbacks, notes=notes)
     result = trainer.run_training()
     trainer.model.requires_grad_(False)

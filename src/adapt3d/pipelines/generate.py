@@ -158,11 +158,18 @@ def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path,
     return files
 
 
-def load_prompt_encoder(diffusion: str, device: torch.device, flag: str = "--diffusion"):
-    """A ScoreDistillation holding only the text encoder + tokenizer of ``diffusion`` (no UNet, no VAE)."""
+def load_prompt_encoder(diffusion: str, device: torch.device, flag: str = "--diffusion",
+                        loading: dict | None = None):
+    """A ScoreDistillation holding only the text encoder(s) + tokenizer(s) of ``diffusion`` (no UNet, no VAE).
+
+    ``loading``: how distill read the teacher (``weights_variant``, ``diffusion_config`` of a single file)."""
+    from adapt3d.diffusion.options import DiffusionOptions
     from adapt3d.diffusion.sds import ScoreDistillation
+    loading = loading or {}
+    opts = DiffusionOptions(weights_variant=loading.get("weights_variant"),
+                            diffusion_config=loading.get("diffusion_config"))
     return ScoreDistillation.from_pretrained(diffusion, device=device, flag=flag, load_unet=False, load_vae=False,
-                                             torch_dtype=torch.float32)
+                                             torch_dtype=torch.float32, options=opts)
 
 
 def run(cfg: GenerateConfig) -> GenerateResult:
@@ -180,7 +187,7 @@ def run(cfg: GenerateConfig) -> GenerateResult:
         raise ValueError(f"--diffusion: {cfg.checkpoint} does not record its text encoder; pass --diffusion (the "
                          "Stable Diffusion model used by `adapt3d distill`)")
     t0 = time.perf_counter()
-    encoder = load_prompt_encoder(diffusion, device)
+    encoder = load_prompt_encoder(diffusion, device, loading=None if cfg.diffusion else info)
     text = encoder.encode_prompt([cfg.prompt]).to(device)  # (1, L, D)
     encode_s = time.perf_counter() - t0
     if text.shape[-1] != model.cond_config.text_dim:

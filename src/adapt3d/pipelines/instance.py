@@ -48,13 +48,15 @@ from typing import Literal
 import torch
 
 from adapt3d.data.target_dataset import completed_indices
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.export.options import RenderStageOptions
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import check_render_options
 from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, finetune_stage_config, pick,
                                       render_stage, render_stage_config, save_compare)
-from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
+from adapt3d.pipelines.targets import (model_names, resolve_img2img, source_poses, translate_and_score,
+                                      write_targets)
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 from adapt3d.utils.seeds import stream_seed
@@ -147,6 +149,8 @@ class InstanceConfig(RenderStageOptions):
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
     """Show progress bars."""
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 def config_from(options, **overrides) -> InstanceConfig:
@@ -225,9 +229,10 @@ def validate(cfg: InstanceConfig) -> dict:
     diffusion, clip = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip is None and cfg.clip_threshold is not None:
         raise ValueError("--clip-model none: --clip-threshold needs a CLIP model")
-    resolve_device(cfg.device)
+    opts = cfg.diffusion_options
+    opts.check(resolve_device(cfg.device))
     check_output_folder(cfg.out)
-    resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
+    resolve_img2img(diffusion, opts, "instance adaptation (img2img)")
     if clip is not None:
         resolve_pretrained(clip, "clip", "--clip-model")
     instance = {"seed": cfg.instance_seed, "trunc": cfg.trunc} if latent is None else {
@@ -237,6 +242,7 @@ def validate(cfg: InstanceConfig) -> dict:
            "pose_sampler": cfg.pose_sampler, "diffusion": diffusion, "strength": cfg.strength,
            "guidance_scale": cfg.guidance_scale, "clip_model": clip, "pose_filter": cfg.pose_filter,
            "seed": cfg.seed, "batch_size": cfg.batch_size}
+    job.update(opts.weights_identity())  # how the weights are read changes the targets
     if cfg.select is not None:  # (absent otherwise, so that earlier jobs keep their fingerprint)
         job["select"] = {"index": cfg.select, "diffusion_seed": candidate_seed(cfg.seed, cfg.select),
                          "prompt": candidate_prompt(prompts, cfg.select)}
@@ -365,7 +371,9 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
         from adapt3d.diffusion.img2img import Img2ImgTranslator
         for p in list((folder / "images").glob(".*")) + list((folder / "sources").glob(".*")):
             p.unlink(missing_ok=True)  # temporary files of a killed run
-        translator = Img2ImgTranslator.from_pretrained(parts["diffusion"], device=device)
+        translator = Img2ImgTranslator.from_pretrained(parts["diffusion"], device=device,
+                                                       options=cfg.diffusion_options)
+        result.notes += [n for n in translator.notes if n not in result.notes]
         made = generate(cfg, parts, folder, G, code, translator, scorer, device)
         del translator
     sel = SelectionConfig(clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter)

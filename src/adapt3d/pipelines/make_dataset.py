@@ -38,8 +38,9 @@ from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark
                                           merge_shard_folders, wait_for_shards)
 from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.models.latents import default_cameras, map_seeds
-from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
+from adapt3d.pipelines.targets import model_names, resolve_img2img, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import (MAX_NUM_IMAGES, check_int, check_prompts, check_trunc, flag_name,
                                    read_prompt_file, resolve_device)
@@ -81,8 +82,8 @@ class MakeDatasetConfig:
     """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
     0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
     diffusion: str = "auto"
-    """SD 1.x/2.x img2img model: Hugging Face id, local folder, or 'tiny'; auto = tiny with --preset tiny, else
-    stabilityai/stable-diffusion-2-1-base."""
+    """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt file, or 'tiny';
+    auto = tiny with --preset tiny, else stabilityai/stable-diffusion-2-1-base."""
     strength: float = 0.7
     """img2img strength in (0, 1]: fraction of the noise schedule re-run (higher = more change, less pose)."""
     guidance_scale: float = 8.0
@@ -125,6 +126,8 @@ class MakeDatasetConfig:
     device: str = "auto"
     """'auto' (CUDA when available; LOCAL_RANK under torchrun), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion model."""
 
 
 @dataclass
@@ -146,6 +149,8 @@ class _Job:
     clip: str | None
     fingerprint: dict
     shard: tuple[int, int] | None
+    runtime: dict = field(default_factory=dict)
+    """Recorded in job.json but not part of the fingerprint: the resolved diffusion model and memory options."""
 
 
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
@@ -215,7 +220,9 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    opts = cfg.diffusion_options
+    opts.check(device)
     plan = TargetPlan(cfg.num_images, cfg.samples_per_source, prompts, cfg.seed, cfg.batch_size)
     fingerprint = {
         "generator": {"preset": cfg.preset, "checkpoint": cfg.generator}, "prompts": prompts,
@@ -230,11 +237,13 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
             raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
         fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
-    job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard)
+    fingerprint.update(opts.weights_identity())  # how the weights are read changes the targets
+    job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard,
+               runtime={"diffusion_options": opts.record(device)})
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
     # Model names last: a missing model offline fails here, still before anything is loaded.
-    resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
+    job.runtime["diffusion_model"] = resolve_img2img(diffusion, opts, "make-dataset (img2img)").record()
     if clip_name is not None:
         try:
             resolve_pretrained(clip_name, "clip", "--clip-model")
@@ -246,7 +255,7 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
 def job_json(job: _Job, shard: tuple[int, int] | None = None) -> dict:
     text = json.dumps(job.fingerprint, sort_keys=True)
     out = {"format": 1, "kind": "adapt3d make-dataset",
-           "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], "job": job.fingerprint}
+           "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], "job": job.fingerprint, **job.runtime}
     if shard is not None:
         out["shard"] = {"index": shard[0], "count": shard[1]}
     return out
@@ -359,7 +368,9 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
         models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
-                                                                 scheduler=cfg.scheduler)
+                                                                 scheduler=cfg.scheduler,
+                                                                 options=cfg.diffusion_options)
+        models["notes"] += models["translator"].notes
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
 
@@ -385,7 +396,7 @@ def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatase
     result.files.update(fin.files)
     result.notes += fin.notes
     summary = {"config": to_jsonable(asdict(cfg)),
-               "diffusion": job.diffusion, "clip_model": job.clip, "num_images": fin.num_images,
+               "diffusion": job.diffusion, **job.runtime, "clip_model": job.clip, "num_images": fin.num_images,
                "num_kept": fin.num_kept, "rejected": fin.rejected, "generated_now": result.generated_now,
                "files": result.files, "notes": result.notes}
     atomic_write_json(Path(cfg.out) / "make_dataset.json", summary)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from adapt3d.data.cad import CadModel, find_models, load_cad_mesh, select_classes
 from adapt3d.data.cad_collections import CollectionRoots
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.dst.dst3d_format import write_dst3d_npy
 from adapt3d.dst.plan import WorkUnit, parse_shard, plan_units, unit_batches
 from adapt3d.dst.prompts import (DST_NEGATIVE, DST_SUFFIX, LLMPromptRewriter, PromptBuilder, PromptConfig,
@@ -110,13 +111,17 @@ class SynthConfig:
     canny_aperture: int = 3
     """Sobel aperture of cv2.Canny: 3, 5 or 7."""
     diffusion: str | None = None
-    """Base model: HF id, folder or 'tiny' (default by --variant: SD 1.5, SDXL base 1.0, SD3 medium; 'tiny' with
-    --preset tiny)."""
+    """Base model: HF id, folder, single .safetensors/.ckpt or 'tiny' (default by --variant: SD 1.5, SDXL base 1.0,
+    SD3 medium; 'tiny' with --preset tiny)."""
     controlnet: str | None = None
-    """ControlNet: HF id, folder or 'tiny' (default by --variant and --control, e.g. control_v11p_sd15_canny,
-    InstantX/SD3-Controlnet-Canny)."""
+    """ControlNet: HF id, folder, single original-layout file or 'tiny' (default by --variant and --control, e.g.
+    control_v11p_sd15_canny, InstantX/SD3-Controlnet-Canny). It must be made for the base model's architecture."""
+    controlnet_config: str | None = None
+    """For a single-file --controlnet: a diffusers ControlNet folder or HF id of the same architecture (default:
+    lllyasviel/control_v11p_sd15_canny for SD 1.x, diffusers/controlnet-canny-sdxl-1.0 for SDXL)."""
     variant: Literal["auto", "sd", "sdxl", "sd3"] = "auto"
-    """Pipeline: SD 1.x/2.x, SDXL or SD3 ControlNet ('auto' reads the base checkpoint)."""
+    """Pipeline architecture: SD 1.x/2.x, SDXL or SD3 ControlNet ('auto' reads the base checkpoint). Not the weight
+    files' variant (fp16 files: --weights-variant fp16)."""
     guidance_scale: float = 9.0
     """Classifier-free guidance scale (3D-DST: 9)."""
     num_inference_steps: int = 20
@@ -153,6 +158,8 @@ class SynthConfig:
     """Only render and annotate (the render is the image); no diffusion model is loaded."""
     progress: bool = True
     """Show the progress bar (images done, rate, ETA)."""
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """Precision, weight variant, single-file config and GPU memory options of the diffusion models."""
 
 
 @dataclass
@@ -245,7 +252,9 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
     check_viewpoint_config(_viewpoint_config(cfg))
     res["background_images"] = [str(p) for p in check_scene_config(_scene_config(cfg))]
     _shard(cfg)
-    _device(cfg)
+    device = _device(cfg)
+    if not cfg.render_only:
+        cfg.diffusion_options.check(device)
     if cfg.llm and cfg.captions:
         raise ValueError("--captions/--llm: give one prompt source, not both")
     if cfg.captions is not None:
@@ -265,10 +274,10 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
         raise ValueError(f"--meshes: none of the {len(models)} models has a mesh file (first: "
                          f"{models[0].class_name}/{models[0].model_id}: {models[0].problem})")
     PromptBuilder(PromptConfig(**_prompt_kwargs(cfg)))  # template check
-    if not cfg.render_only:  # missing weights fail here, before any rendering (nothing is loaded yet)
-        from adapt3d.diffusion.loading import resolve_pretrained
-        resolve_pretrained(res["controlnet"], "controlnet", "--controlnet")
-        resolve_pretrained(res["diffusion"], "stable-diffusion", "--diffusion")
+    if not cfg.render_only:  # missing or mismatched weights fail here, before any rendering (nothing is loaded yet)
+        from adapt3d.diffusion.controlnet import resolve_controlnet_pair
+        resolve_controlnet_pair(res["diffusion"], res["controlnet"], cfg.diffusion_options, cfg.variant,
+                                controlnet_config=cfg.controlnet_config)
     return models, res
 
 
@@ -390,7 +399,10 @@ class _Job:
         if self.generator is None:
             from adapt3d.diffusion.controlnet import ControlNetGenerator
             self.generator = ControlNetGenerator.from_pretrained(self.res["diffusion"], self.res["controlnet"],
-                                                                 variant=self.cfg.variant, device=self.device)
+                                                                 variant=self.cfg.variant, device=self.device,
+                                                                 options=self.cfg.diffusion_options,
+                                                                 controlnet_config=self.cfg.controlnet_config)
+            self.result.notes += [n for n in self.generator.notes if n not in self.result.notes]
         return self.generator
 
     def run_unit(self, unit: WorkUnit, bar) -> None:

@@ -21,12 +21,16 @@ import torch
 from adapt3d.data.manifest import Manifest
 from adapt3d.data.target_dataset import TargetItem, TargetPlan, TargetRecord, image_relpath, source_relpath
 from adapt3d.clip.model import DEFAULT_CLIP_MODEL
+from adapt3d.diffusion.img2img import IMG2IMG_FAMILIES
 from adapt3d.diffusion.loading import DEFAULT_DIFFUSION
+from adapt3d.diffusion.options import DiffusionOptions
+from adapt3d.diffusion.sources import ModelSource, require_family, resolve_model
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.models.latents import default_cameras
 
-__all__ = ["model_names", "source_poses", "TargetBatch", "translate_and_score",
+__all__ = ["model_names", "resolve_img2img", "source_poses", "TargetBatch", "translate_and_score",
            "write_targets"]
+
 
 def model_names(preset: str | None, diffusion: str, clip_model: str) -> tuple[str, str | None]:
     """(img2img model, CLIP model or None) for --diffusion / --clip-model: 'auto' is 'tiny' with --preset tiny, else
@@ -35,6 +39,15 @@ def model_names(preset: str | None, diffusion: str, clip_model: str) -> tuple[st
     clip = None if clip_model == "none" else (("tiny" if tiny else DEFAULT_CLIP_MODEL) if clip_model == "auto"
                                               else clip_model)
     return ("tiny" if tiny else DEFAULT_DIFFUSION) if diffusion == "auto" else diffusion, clip
+
+
+def resolve_img2img(diffusion: str, options: DiffusionOptions, purpose: str) -> ModelSource:
+    """The img2img model of ``--diffusion`` (with ``options``' weight variant and single-file config), refused
+    unless img2img supports its architecture (SD 1.x/2.x, SDXL); reads configs only, loads nothing."""
+    source = resolve_model(diffusion, "stable-diffusion", "--diffusion", config=options.diffusion_config,
+                           variant=options.weights_variant)
+    require_family(source, IMG2IMG_FAMILIES, purpose)
+    return source
 
 
 def source_poses(plan: TargetPlan, sampler, sources: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

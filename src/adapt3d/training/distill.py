@@ -157,6 +157,13 @@ class DistillTrainer:
         views = [[view_prompt(p, v) for p in self.prompts] for v in range(3)]
         self.view_texts = torch.stack([sds.encode_prompt(v) for v in views]).to(self.device)  # (3, P, L, D)
         self.uncond = sds.encode_prompt([cfg.negative_prompt]).to(self.device)  # (1, L, D)
+        # SDXL teachers also take pooled text embeddings (None for SD 1.x/2.x and teachers without them).
+        encode_pooled = getattr(sds, "encode_pooled", lambda prompts: None)
+        pooled = encode_pooled(self.prompts)
+        self.pooled = pooled.to(self.device) if pooled is not None else None  # (P, Dp)
+        self.view_pooled = torch.stack([encode_pooled(v) for v in views]).to(self.device) \
+            if pooled is not None else None  # (3, P, Dp)
+        self.uncond_pooled = encode_pooled([cfg.negative_prompt])  # (1, Dp) or None
         self.total_steps = resolved_steps(cfg)
         self.step, self.skipped = 0, 0
         self.stats: list[dict] = []
@@ -247,6 +254,8 @@ class DistillTrainer:
         views = view_ids.to(self.device) if cfg.view_prompts else None
         text = self.texts[k]  # (B, L, D)
         teacher = self.view_texts[views, k] if views is not None else text
+        teacher_pooled = None if self.pooled is None else (
+            self.view_pooled[views, k] if views is not None else self.pooled[k])  # (B, Dp)
         self.opt_G.zero_grad(set_to_none=True)
         ws = self.model.mapping(z, self._c_cond(b), text, truncation_psi=cfg.trunc)
         out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
@@ -260,7 +269,8 @@ class DistillTrainer:
         if cfg.lambda_sds > 0:
             s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
                          guidance_scale=cfg.guidance_scale, t_range=t_range, weighting=cfg.weighting,
-                         grad_clip=cfg.grad_clip, generator=gen)
+                         grad_clip=cfg.grad_clip, generator=gen, pooled_prompt_embeds=teacher_pooled,
+                         negative_pooled_prompt_embeds=self.uncond_pooled)
             loss = loss + cfg.lambda_sds * s.loss
             rec.update({"sds/grad_norm": s.info["grad_norm"], "sds/t_mean": s.info["t_mean"],
                         "sds/nonfinite": float(s.info["nonfinite"])})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.diffusion.sds import SDSOptions
 from adapt3d.utils.io import to_jsonable
 from adapt3d.utils.parsing import check_prompts, check_trunc, check_view_outputs, flag_name, read_prompt_file
@@ -36,8 +37,9 @@ class DistillConfig(SDSOptions):
     generator: str | None = None
     """Source generator: adapt3d checkpoint folder, official EG3D .pkl, or a known name (ffhq, afhq, ...)."""
     diffusion: str | None = None
-    """Teacher: Stable Diffusion 1.x/2.x folder or Hugging Face id; default stabilityai/stable-diffusion-2-1-base
-    ('tiny' with --preset tiny). Its frozen text encoder also conditions the generator."""
+    """Teacher: Stable Diffusion 1.x/2.x or SDXL base, as a folder, Hugging Face id or single .safetensors/.ckpt;
+    default stabilityai/stable-diffusion-2-1-base ('tiny' with --preset tiny). Its frozen text encoder(s) also
+    condition the generator."""
     view_front_deg: float = 45.0
     """|azimuth| (degrees from the frontal view) below which the teacher prompt says 'front view' (threestudio:
     45); from there to 180 - --view-back-deg it says 'side view'."""
@@ -138,15 +140,20 @@ class DistillConfig(SDSOptions):
     seed: int = 0
     """Every random draw of step s comes from (seed, s): runs and resumed runs are reproducible."""
     device: str = "auto"
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'. The teacher runs in float16 on CUDA."""
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'. The teacher runs in float16 on CUDA (see --dtype)."""
     progress: bool = True
+    diffusion_options: DiffusionOptionsField = diffusion_options_field()
+    """The teacher's precision, weight variant, single-file config and GPU memory options."""
 
 
 RESUME_NEUTRAL = frozenset({"out", "steps", "tick_steps", "diversity_steps", "snapshot_steps", "sample_seeds",
                             "eval_seeds", "evaluate", "video", "video_frames", "mesh", "mesh_resolution", "resume",
-                            "device", "progress", "clip_model", "diversity_seeds", "diversity_features"})
+                            "device", "progress", "clip_model", "diversity_seeds", "diversity_features",
+                            "diffusion_options"})
 """Options that may change when a run is resumed (they do not change what is trained). Annealing depends on
---steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on."""
+--steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on. Of the
+diffusion options only the memory ones are neutral: --dtype, --weights-variant, --diffusion-config are part of the
+run when set (:func:`distill_identity`)."""
 
 
 def resolved_gan_options(cfg: DistillConfig) -> dict:
@@ -190,6 +197,7 @@ def parse_prompts(spec: str, arg: str = "--prompts") -> list[str]:
 def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
     d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    d.update(cfg.diffusion_options.weights_identity())  # how the teacher's weights are read
     d["prompts"] = list(prompts)
     d.update(resolved_gan_options(cfg))  # the discriminator's real images, explicit
     return d

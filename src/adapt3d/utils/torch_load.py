@@ -53,7 +53,8 @@ def require_safe_torch(what: str) -> None:
         f"made yourself you may set {ALLOW_OLD_TORCH_ENV}=1.")
 
 
-def load_weights_only(source: str | os.PathLike | IO[bytes], what: str) -> Any:
-    """``torch.load(source, map_location='cpu', weights_only=True)`` after ``require_safe_torch(what)``."""
+def load_weights_only(source: str | os.PathLike | IO[bytes], what: str, *, mmap: bool = False) -> Any:
+    """``torch.load(source, map_location='cpu', weights_only=True)`` after ``require_safe_torch(what)``.
+    ``mmap``: memory-map the file's storages (zip-format files only; torch raises a RuntimeError otherwise)."""
     require_safe_torch(what)
-    return torch.load(source, map_location="cpu", weights_only=True)
+    return torch.load(source, map_location="cpu", weights_only=True, **({"mmap": True} if mmap else {}))
