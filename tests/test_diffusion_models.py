@@ -304,6 +304,23 @@ def test_distill_with_an_sdxl_single_file_teacher_then_generate(m, tmp_path):
     assert (tmp_path / "gen" / "seed0000.png").is_file() and result.seeds == [0]
 
 
+def test_distill_refuses_teacher_gan_reals_with_an_sdxl_teacher_before_loading(m, tmp_path, monkeypatch):
+    """--gan-real teacher builds D's reals with the SD 1.x/2.x img2img pipeline: an SDXL teacher is refused by name
+    before any model loads ('auto' falls back to source samples instead, tested above)."""
+    import adapt3d.pipelines.distill as distill_module
+    from adapt3d.pipelines.distill import DistillConfig, run
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the --gan-real check")
+    monkeypatch.setattr(distill_module, "load_pipeline", no_load, raising=False)
+    monkeypatch.setattr(ScoreDistillation, "from_pretrained", classmethod(no_load))
+    opts = DiffusionOptions(diffusion_config=str(m["sdxl"]))
+    with pytest.raises(ValueError, match=r"^--gan-real teacher: .* is sdxl: pass --gan-real source or dataset"):
+        run(DistillConfig(prompts="a zombie", preset="tiny", diffusion=str(m["sdxl-file"]), clip_model="none",
+                          diversity_features="pixels", out=tmp_path / "run", steps=1, batch=1, gan_real="teacher",
+                          device="cpu", progress=False, diffusion_options=opts))
+
+
 def test_synth_with_a_controlnet_single_file_records_it(m, tmp_path):
     from adapt3d.pipelines.synth import SynthConfig, synth
     base = dict(preset="tiny", per_mesh=1, num_inference_steps=2, batch_size=2, device="cpu", progress=False)
