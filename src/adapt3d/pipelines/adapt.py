@@ -49,10 +49,10 @@ class AdaptConfig(RenderStageOptions):
 
     prompt: tuple[str, ...] = ()
     """Target-domain prompt(s), e.g. 'a 3D render of a face in Pixar style' (nada / itportrait: exactly one)."""
-    method: Literal["datid3d", "nada", "itportrait"] = "datid3d"
+    method: Literal["datid3d", "nada", "itportrait", "dsds"] = "datid3d"
     """datid3d: diffusion-made target dataset + adversarial fine-tuning; nada: CLIP directional loss from
-    --source-text to --prompt; itportrait: --style-image + --prompt. Every nada / itportrait option:
-    adapt3d nada --help, adapt3d itportrait --help."""
+    --source-text to --prompt; itportrait: --style-image + --prompt; dsds: depth-aware score distillation +
+    spatial consistency (GCA-3D style, no dataset). Every option: adapt3d nada|itportrait|dsds --help."""
     source_text: str = "photo"
     """nada / itportrait: what the source generator makes (the start of the CLIP text direction)."""
     style_image: Path | None = None
@@ -178,13 +178,13 @@ _SHARED = ("out", "preset", "generator", "seed", "device", "progress", "source_t
 
 
 def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
-    """``adapt3d adapt --method nada|itportrait``: map the shared AdaptConfig fields onto NadaConfig /
-    ITportraitConfig and run. Method-specific options are available on ``adapt3d nada`` / ``adapt3d itportrait``."""
-    from adapt3d.pipelines import itportrait, nada
+    """``adapt3d adapt --method nada|itportrait|dsds``: map the shared AdaptConfig fields onto NadaConfig /
+    ITportraitConfig / DSDSConfig and run. Method-specific options are on ``adapt3d nada|itportrait|dsds``."""
+    from adapt3d.pipelines import dsds, itportrait, nada
 
     method = getattr(adapt_cfg, "method", "nada")
-    if method not in ("nada", "itportrait"):
-        raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
+    if method not in ("nada", "itportrait", "dsds"):
+        raise ValueError(f"--method: expected datid3d, nada, itportrait or dsds, got {method!r}")
     changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
     if changed:
         flags = ", ".join(flag_name(k) for k in changed)
@@ -202,6 +202,8 @@ def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
         kw["clip_models"] = (clip_model,)
     if method == "nada":
         return nada.run(nada.NadaConfig(**kw))
+    if method == "dsds":
+        return dsds.run(dsds.DSDSConfig(**kw))
     kw["style_image"] = getattr(adapt_cfg, "style_image", None)
     if getattr(adapt_cfg, "latent", None) is not None:
         kw["latent"] = adapt_cfg.latent
