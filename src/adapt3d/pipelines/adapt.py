@@ -71,6 +71,8 @@ class AdaptConfig(RenderStageOptions):
     """Target images to generate (DATID-3D: 1000; tiny: 32)."""
     strength: float = 0.7
     """img2img strength (DATID-3D: 0.7)."""
+    translator: Literal["img2img", "depth2img", "controlnet-depth"] = "img2img"
+    """datid3d: how renders become targets (depth2img = PODIA-3D's depth-conditioned SD 2; see make-dataset)."""
     guidance_scale: float = 8.0
     """Classifier-free guidance scale (DATID-3D: 8)."""
     num_inference_steps: int | None = None
@@ -116,7 +118,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
     dataset = make_dataset_pipeline.MakeDatasetConfig(
         out=out / "target", preset=cfg.preset, generator=cfg.generator, prompt=tuple(cfg.prompt),
         negative_prompt=cfg.negative_prompt, num_images=pick(cfg.num_images, 1000, 32, tiny),
-        strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+        strength=cfg.strength, guidance_scale=cfg.guidance_scale, translator=cfg.translator,
         num_inference_steps=pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
         device=cfg.device, progress=cfg.progress)
@@ -170,8 +172,8 @@ def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: Ada
 
 
 # Options of `adapt3d adapt` that only DATID-3D uses, with their defaults (a changed one is an error for the others).
-_DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "guidance_scale": 8.0,
-               "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
+_DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "translator": "img2img",
+               "guidance_scale": 8.0, "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
                "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": ()}
 _SHARED = ("out", "preset", "generator", "seed", "device", "progress", "source_text", "steps",
            *(f.name for f in fields(RenderStageOptions)))
