@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="built-in generator with random weights; 'none' with --generator")
     p.add_argument("--generator", default=None)
     p.add_argument("--prompt", default="a 3D render of a face in Pixar style")
     p.add_argument("--source-text", default="a photo of a face")
@@ -50,8 +50,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _preset(args):
+    return None if args.preset in ("none", "") else args.preset
+
+
 def _common(args) -> dict:
-    return dict(preset=args.preset, generator=args.generator, seed=0, device=args.device, progress=False,
+    return dict(preset=_preset(args), generator=args.generator, seed=0, device=args.device, progress=False,
                 video_frames=2, mesh="none", seeds="0")
 
 
@@ -81,7 +85,7 @@ def run_one(method: str, args) -> dict:
         from adapt3d.models.loading import load_generator
         from adapt3d.pipelines.itportrait import ITportraitConfig, run
         import torch
-        G = load_generator(preset=args.preset, checkpoint=args.generator, progress=False).generator.eval()
+        G = load_generator(preset=_preset(args), checkpoint=args.generator, progress=False).generator.eval()
         with torch.no_grad():  # the reference portrait: the source generator's seed 1000 (random weights anyway)
             ws = map_seeds(G, [1000], 0.7, None, torch.device("cpu"))
             c = default_cameras(G, torch.tensor([1.5708]), torch.tensor([1.5708]))
@@ -96,7 +100,7 @@ def evaluate(method: str, final: str, args) -> dict:
     from adapt3d.pipelines.evaluate import EvalConfig, run
     n = args.eval_samples
     out = args.out / method / "compare-eval"
-    run(EvalConfig(out=out, generator=final, source=args.generator, preset=args.preset, prompt=args.prompt,
+    run(EvalConfig(out=out, generator=final, source=args.generator, preset=_preset(args), prompt=args.prompt,
                    source_prompt=args.source_text, clip_model="tiny" if args.preset == "tiny" else None,
                    num_samples=n, metrics=("clip", "diversity", "view"), view_num_samples=min(4, n),
                    num_clusters=2, grid_samples=2, batch_size=4, seed=0, device=args.device, progress=False))

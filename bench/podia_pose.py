@@ -3,7 +3,7 @@
 Prints one JSON line per (translator, strength)::
 
     python bench/podia_pose.py                                    # tiny preset and tiny diffusion models, CPU
-    python bench/podia_pose.py --preset ffhq512 --depth2img stabilityai/stable-diffusion-2-depth \
+    python bench/podia_pose.py --preset none --generator ffhq --depth2img stabilityai/stable-diffusion-2-depth \
         --img2img stabilityai/stable-diffusion-2-1-base --controlnet-base stable-diffusion-v1-5/stable-diffusion-v1-5 \
         --controlnet lllyasviel/control_v11f1p_sd15_depth --device cuda --steps 50 --num-sources 32
 
@@ -38,7 +38,8 @@ if str(REPO / "src") not in sys.path:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="built-in generator with random weights; 'none' with --generator")
+    p.add_argument("--generator", default=None, help="checkpoint folder, EG3D .pkl or known name (ffhq, afhq)")
     p.add_argument("--img2img", default="tiny")
     p.add_argument("--depth2img", default="tiny")
     p.add_argument("--controlnet-base", default="tiny")
@@ -73,7 +74,8 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     torch.set_grad_enabled(False)
-    G = load_generator(preset=args.preset, progress=False).generator.to(args.device).eval()
+    preset = None if args.preset in ("none", "") else args.preset
+    G = load_generator(preset=preset, checkpoint=args.generator, progress=False).generator.to(args.device).eval()
     n = args.num_sources
     ws = map_seeds(G, list(range(n)), 0.7, None, torch.device(args.device))
     yaw0 = torch.full((n,), torch.pi / 2)
