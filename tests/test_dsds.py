@@ -177,7 +177,7 @@ def test_dsds_end_to_end_and_adapt_dispatch(tmp_path, tiny_models):  # noqa: F81
 
 
 def test_bad_input(tmp_path, monkeypatch, tiny_models):  # noqa: F811
-    with pytest.raises(ValueError, match="--image-prompt.*not implemented"):
+    with pytest.raises(ValueError, match="--image-prompt.*does not exist"):
         validate_dsds(DSDSConfig(image_prompt=tmp_path / "x.png", **FAST))
     with pytest.raises(ValueError, match="--lambda-dsds and --lambda-hsc"):
         validate_dsds(DSDSConfig(lambda_dsds=0.0, lambda_hsc=0.0, **FAST))
@@ -191,3 +191,43 @@ def test_bad_input(tmp_path, monkeypatch, tiny_models):  # noqa: F811
                                  **FAST))
     with pytest.raises(ValueError, match="not an SD 2 depth model"):
         load_depth_teacher(str(tiny_models["stable-diffusion"]), None, "cpu")
+
+
+def test_image_prompt_through_a_tiny_ip_adapter(tmp_path, tiny_models):  # noqa: F811
+    """Image-guided mode: the IP-Adapter (real layout, tiny random weights) is installed through diffusers' loader,
+    the teacher's conditional branch gets the image embedding and the unconditional one zeros, and the image prompt
+    changes the SDS gradient."""
+    from PIL import Image
+
+    from adapt3d.diffusion.ip_adapter import save_tiny_ip_adapter
+    sds = load_depth_teacher(str(tiny_models["stable-diffusion-depth"]), None, "cpu")
+    folder = save_tiny_ip_adapter(tmp_path / "ip", sds.unet.unet)
+    kw = dict(prompt_embeds=sds.encode_prompt(["x"]), negative_prompt_embeds=sds.encode_prompt([""]),
+              guidance_scale=7.5)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    depth = 1 + torch.rand(2, 1, 16, 16)
+    sds.unet.set_depth(depth, None)
+    plain = sds(img, generator=torch.Generator().manual_seed(0), **kw).grad
+    ip_sds = load_depth_teacher(str(tiny_models["stable-diffusion-depth"]), None, "cpu", ip_adapter=folder)
+    ref = tmp_path / "ref.png"
+    Image.fromarray((torch.rand(48, 48, 3) * 255).byte().numpy()).save(ref)
+    from adapt3d.training.dsds import read_image_prompt
+    ip_sds.unet.image_embeds = ip_sds.unet.image_prompt.embed(read_image_prompt(ref))
+    assert ip_sds.unet.image_embeds.shape == (1, 1, 16)
+    seen = []
+    proj = ip_sds.unet.unet.encoder_hid_proj
+    hook = proj.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].clone()))
+    ip_sds.unet.set_depth(depth, None)
+    try:
+        guided = ip_sds(img, generator=torch.Generator().manual_seed(0), **kw).grad
+    finally:
+        hook.remove()
+    e = ip_sds.unet.image_embeds
+    torch.testing.assert_close(seen[0], torch.cat([e, e, torch.zeros_like(e), torch.zeros_like(e)]))
+    assert (guided - plain).abs().max() > 1e-6
+    with pytest.raises(FileNotFoundError, match="--ip-adapter.*h94/IP-Adapter"):
+        validate_dsds(DSDSConfig(image_prompt=ref, ip_adapter=str(tmp_path), **FAST))
+    with pytest.raises(ValueError, match="--ip-adapter.*only with --image-prompt"):
+        validate_dsds(DSDSConfig(ip_adapter=str(folder), **FAST))
+    with pytest.raises(ValueError, match="--image-prompt: give --ip-adapter"):
+        validate_dsds(DSDSConfig(image_prompt=ref, **{**FAST, "preset": None, "generator": "ffhq"}))

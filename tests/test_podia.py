@@ -226,7 +226,8 @@ def test_podia_option_errors_before_any_model_loads(tmp_path, no_model_loading, 
         run(MakeDatasetConfig(out=tmp_path / "o", **{**FAST, **change}))
 
 
-def test_translator_without_its_model_names_the_option(tmp_path, no_model_loading, monkeypatch, tiny_models):  # noqa: F811
+def test_translator_without_its_model_names_the_option(tmp_path, no_model_loading, monkeypatch,
+                                                       tiny_models):  # noqa: F811
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     gen = dict(FAST, preset=None, generator="ffhq")
     monkeypatch.setattr("adapt3d.models.loading.check_generator_source", lambda *a, **k: None)

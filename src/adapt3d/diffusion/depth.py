@@ -10,9 +10,9 @@ normalised over the foreground (pixels with mask >= ``mask_threshold``)::
 
 - :func:`depth2img_depth_map`: SD 2 depth (``StableDiffusionDepth2ImgPipeline``) conditions its UNet on the depth
   map resized to the latent size and scaled per image to [-1, 1] from its min/max (diffusers' ``prepare_depth_map``;
-  near = +1). Here: ``2 t - 1`` at the latent size (``t`` area-averaged when shrinking, bilinear when enlarging). A flat foreground (no depth
-  range) gives t = 1 on the foreground, 0 on the background; no foreground at all gives 0 everywhere (diffusers'
-  own min/max scaling would divide by zero there).
+  near = +1). Here: ``2 t - 1`` at the latent size (``t`` area-averaged when shrinking, bilinear when enlarging).
+  A flat foreground (no depth range) gives t = 1 on the foreground, 0 on the background; no foreground at all gives
+  0 everywhere (diffusers' own min/max scaling would divide by zero there).
 - :func:`controlnet_depth_image`: the SD 1.5 / SDXL depth ControlNets take a MiDaS-like image in [0, 1] (near =
   bright), 3 identical channels, at the generation size: ``t`` resized and repeated.
 

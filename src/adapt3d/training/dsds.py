@@ -18,6 +18,10 @@ The teacher (:class:`DepthTeacher`) is either an SD 2 depth UNet (5 input channe
 :class:`adapt3d.diffusion.sds.ScoreDistillation`, so the SDS machinery (timesteps, CFG, weighting, NaN guard) is
 the one DreamPortrait distillation uses.
 
+Image-guided mode (``--image-prompt`` + ``--ip-adapter``): the teacher UNet gets an IP-Adapter
+(:mod:`adapt3d.diffusion.ip_adapter`) and the image prompt's embedding conditions eps_c (zeros for eps_u), next to
+the text prompt. Tested with tiny random IP-Adapter weights in the real layout only.
+
 Choices (GCA-3D does not fix them, or adapt3d differs): HSC uses the generators' neural-rendering feature images
 (spatially aligned by construction) average-pooled to coarse-to-fine grids (default 4, 8, 16 cells a side), each
 cell a patch embedding; positives are the same cell in the source, negatives the other cells of the same image
@@ -25,6 +29,8 @@ cell a patch embedding; positives are the same cell in the source, negatives the
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +61,8 @@ class DepthTeacher(nn.Module):
         self.conditioning_scale = float(conditioning_scale)
         self.vae_scale_factor = int(vae_scale_factor)
         self._cond: torch.Tensor | None = None
+        self.image_prompt = None  # adapt3d.diffusion.ip_adapter.ImagePrompt once an IP-Adapter is installed
+        self.image_embeds: torch.Tensor | None = None  # (1, 1, D): the image prompt (image-guided mode)
 
     @property
     def config(self):
@@ -72,8 +80,14 @@ class DepthTeacher(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs):
         if self._cond is None:
             raise RuntimeError("DepthTeacher: call set_depth(depth, mask) before evaluating the teacher")
-        reps = x.shape[0] // self._cond.shape[0]
+        b = self._cond.shape[0]
+        reps = x.shape[0] // b
         cond = self._cond.to(x.device, x.dtype).repeat(reps, 1, 1, 1)
+        if self.image_embeds is not None:  # ScoreDistillation batches (conditional, unconditional): zeros for the
+            e = self.image_embeds.to(x.device, x.dtype)  # unconditional half, as diffusers' pipelines do
+            e = torch.cat([e.expand(b, -1, -1), torch.zeros_like(e).expand(b, -1, -1)]) if reps == 2 \
+                else e.expand(x.shape[0], -1, -1)
+            kwargs = {**kwargs, "added_cond_kwargs": {"image_embeds": [e]}}
         if self.kind == "depth2img":
             return self.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=encoder_hidden_states, **kwargs)
         down, mid = self.controlnet(x, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=cond,
@@ -151,9 +165,11 @@ def dsds_step(G, G_source, ws: torch.Tensor, ws_source: torch.Tensor, cams: torc
 
 
 def load_depth_teacher(diffusion: str, controlnet: str | None, device, *, conditioning_scale: float = 1.0,
+                       ip_adapter: str | Path | None = None, ip_scale: float = 1.0,
                        diffusion_flag: str = "--diffusion"):
     """A :class:`adapt3d.diffusion.sds.ScoreDistillation` with a :class:`DepthTeacher`: ``controlnet`` None = an SD 2
-    depth model (id, folder or 'tiny'); otherwise an SD 1.x/2.x base + that depth ControlNet."""
+    depth model (id, folder or 'tiny'); otherwise an SD 1.x/2.x base + that depth ControlNet. ``ip_adapter``: an
+    IP-Adapter folder installed into the teacher UNet (image-guided mode; the encoder is ``unet.image_prompt``)."""
     import warnings
 
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
@@ -184,8 +200,22 @@ def load_depth_teacher(diffusion: str, controlnet: str | None, device, *, condit
                          "depth) or a depth --controlnet with an SD base")
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     teacher = DepthTeacher(unet, cn, conditioning_scale, factor).to(dev)
+    if ip_adapter is not None:
+        from adapt3d.diffusion.ip_adapter import load_ip_adapter
+        teacher.image_prompt = load_ip_adapter(unet, ip_adapter, scale=ip_scale)
     return ScoreDistillation(teacher, scheduler, text_encoder, tokenizer, vae, device=dev,
                              source=f"{diffusion}" + (f" + {controlnet}" if controlnet else ""))
+
+
+def read_image_prompt(path: str | Path) -> torch.Tensor:
+    """The --image-prompt file as (1, 3, H, W) in [-1, 1] (RGB; transparency composited on white)."""
+    import numpy as np
+
+    from adapt3d.utils.image_files import open_image
+    with open_image(path, "--image-prompt") as img:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # (H, W, 3) in [0, 1]
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1
 
 
 from adapt3d.training.nada import ClipAdaptTrainer  # noqa: E402  (after the step: the step does not need it)
@@ -203,6 +233,8 @@ class DSDSTrainer(ClipAdaptTrainer):
         prompt = cfg.prompt
         self.prompt_embeds = sds.encode_prompt([prompt])
         self.negative_embeds = sds.encode_prompt([cfg.negative_prompt])
+        if getattr(cfg, "image_prompt", None) is not None:  # image-guided mode: the IP-Adapter image prompt
+            sds.unet.image_embeds = sds.unet.image_prompt.embed(read_image_prompt(cfg.image_prompt))
 
     def metadata(self) -> dict:
         return {**super().metadata(), "method": "dsds"}

@@ -14,7 +14,7 @@ from typing import Literal
 
 from adapt3d.training.nada_config import ClipAdaptConfig
 
-__all__ = ["DSDSConfig", "DEFAULT_DSDS_TEACHER", "teacher_names", "validate_dsds"]
+__all__ = ["DSDSConfig", "DEFAULT_DSDS_TEACHER", "teacher_names", "ip_adapter_folder", "validate_dsds"]
 
 DEFAULT_DSDS_TEACHER = "stabilityai/stable-diffusion-2-depth"
 
@@ -54,7 +54,13 @@ class DSDSConfig(ClipAdaptConfig):
     hsc_temperature: float = 0.07
     """PatchNCE temperature (> 0)."""
     image_prompt: Path | None = None
-    """Image-guided mode (GCA-3D's one-shot IP-Adapter prompt): not implemented yet; giving it is an error."""
+    """Image-guided mode (GCA-3D's one-shot adaptation): a reference image given to the teacher through an
+    IP-Adapter (next to --prompt)."""
+    ip_adapter: str = "auto"
+    """IP-Adapter folder for --image-prompt (the layout of h94/IP-Adapter's models/: ip-adapter_sd15.safetensors +
+    image_encoder/; SD 1.5 teachers); auto = a tiny random one with --preset tiny, else required."""
+    ip_scale: float = 1.0
+    """Weight of the image prompt in the teacher's cross-attention (IP-Adapter scale, >= 0)."""
 
 
 def teacher_names(cfg: DSDSConfig) -> tuple[str, str | None]:
@@ -67,6 +73,21 @@ def teacher_names(cfg: DSDSConfig) -> tuple[str, str | None]:
     return ("tiny" if tiny else DEFAULT_BASE if controlnet else DEFAULT_DSDS_TEACHER), controlnet
 
 
+def ip_adapter_folder(cfg: DSDSConfig, unet) -> Path | None:
+    """The IP-Adapter folder of the run (None without --image-prompt); 'auto' with --preset tiny builds tiny random
+    weights for ``unet`` under the tiny-model cache."""
+    if cfg.image_prompt is None:
+        return None
+    if cfg.ip_adapter != "auto":
+        return Path(cfg.ip_adapter).expanduser()
+    from adapt3d.diffusion.ip_adapter import save_tiny_ip_adapter
+    from adapt3d.diffusion.tiny_models import default_tiny_models_dir
+    folder = default_tiny_models_dir() / f"ip-adapter-{int(unet.config.in_channels)}ch"
+    if not (folder / "image_encoder" / "config.json").is_file():
+        save_tiny_ip_adapter(folder, unet)
+    return folder
+
+
 def validate_dsds(cfg: DSDSConfig) -> None:
     """The dsds-only checks (ValueError naming the flag); then the teacher's weights are resolved (offline: a
     missing model fails here, before anything loads)."""
@@ -74,9 +95,20 @@ def validate_dsds(cfg: DSDSConfig) -> None:
     from adapt3d.diffusion.sds import check_sds_args
 
     if cfg.image_prompt is not None:
-        raise ValueError(f"--image-prompt {cfg.image_prompt}: image-guided dsds (an IP-Adapter image prompt) is not "
-                         "implemented yet in adapt3d; use a text --prompt (or adapt3d itportrait for a reference "
-                         "image)")
+        from adapt3d.diffusion.ip_adapter import find_ip_adapter_weights
+        from adapt3d.utils.image_files import open_image
+        with open_image(cfg.image_prompt, "--image-prompt"):
+            pass
+        if not (math.isfinite(cfg.ip_scale) and cfg.ip_scale >= 0):
+            raise ValueError(f"--ip-scale: {cfg.ip_scale!r} must be a finite number >= 0")
+        if cfg.ip_adapter == "auto" and cfg.preset != "tiny":
+            raise ValueError("--image-prompt: give --ip-adapter FOLDER (get it with `huggingface-cli download "
+                             "h94/IP-Adapter --include 'models/*' --local-dir X` and pass X/models, with an SD 1.5 "
+                             "--diffusion and a depth --controlnet)")
+        if cfg.ip_adapter != "auto":
+            find_ip_adapter_weights(cfg.ip_adapter)
+    elif cfg.ip_adapter != "auto":
+        raise ValueError(f"--ip-adapter {cfg.ip_adapter}: used only with --image-prompt")
     check_sds_args(cfg.guidance_scale, cfg.t_range, cfg.weighting)
     for name in ("lambda_dsds", "lambda_hsc", "control_scale"):
         v = getattr(cfg, name)
