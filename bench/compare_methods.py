@@ -135,7 +135,7 @@ def main(argv=None) -> None:
                    date=time.strftime("%Y-%m-%d"))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print("\n| method | train wall s | peak RSS MB | steps | CLIP direction | diversity ratio | view error (source) |")
+    print("\n| method | run wall s | peak RSS MB | steps | CLIP direction | diversity ratio | view error (source) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['seconds']} | {r['peak_rss_mb']} | {r['steps']} | {r['clip_direction']} | "

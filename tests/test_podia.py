@@ -239,3 +239,20 @@ def test_translator_without_its_model_names_the_option(tmp_path, no_model_loadin
     with pytest.raises(ValueError, match=r"--translator depth2img.*not an SD 2 depth model"):
         run(MakeDatasetConfig(out=tmp_path / "c", translator="depth2img",
                               diffusion=str(tiny_models["stable-diffusion"]), **gen))
+
+
+def test_pose_benchmark_runs_on_tiny(tiny_models, tmp_path_factory):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"),
+           "ADAPT3D_CACHE": str(tmp_path_factory.getbasetemp())}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "podia_pose.py"), "--translators", "depth2img",
+                           "--strengths", "1.0", "--num-sources", "1", "--steps", "2"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["translator"] == "depth2img" and row["strength"] == 1.0 and row["num_sources"] == 1
+    assert 0 <= row["source_warp_error"] < row["warp_error"] < 1 and -2 <= row["pose_margin"] <= 2
