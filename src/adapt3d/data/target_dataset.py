@@ -120,6 +120,9 @@ class TargetRecord:
     """None until the filters ran over the whole set."""
     reasons: list[str] = field(default_factory=list)
     """Why a rejected image was dropped: clip_threshold, clip_top_fraction, pose, near_duplicate."""
+    translation: dict[str, Any] = field(default_factory=dict)
+    """How the target was made: translator (img2img, depth2img, controlnet-depth), prompt_used (with debiasing
+    attributes), attributes, s2g {general_prompt, switch}. Empty in manifests written before this field existed."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -155,12 +155,13 @@ class Img2ImgTranslator(PipelineProperties):
     def __call__(self, images: torch.Tensor, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] |
                  None = None, strength: float = 0.7, guidance_scale: float = 8.0, num_inference_steps: int = 50,
                  seeds: Sequence[int] | None = None, output_size: int | None = None,
-                 resolution: int | None = None) -> Img2ImgOutput:
+                 resolution: int | None = None, s2g=None) -> Img2ImgOutput:
         """Translate ``images`` (B, 3, H, W) in [-1, 1] in one batch; returns (B, 3, S, S) in [0, 1] on the CPU.
 
         ``seeds`` (default 0..B-1) gives each output its own generator, so image k equals the single-image call
         ``self(images[k:k+1], prompt_k, seeds=[seeds[k]])`` (on CPU float32 the tiny test models agree to
-        <= 1e-5; batched convolutions may round differently). Inputs are resized (bilinear, antialiased) to
+        <= 1e-5; batched convolutions may round differently). ``s2g``: an
+        :class:`adapt3d.diffusion.s2g.S2GSchedule` (specialised-to-general sampling) or None. Inputs are resized (bilinear, antialiased) to
         ``resolution`` (default :attr:`resolution`) and outputs to ``output_size`` (default: the input size).
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -180,9 +181,15 @@ class Img2ImgTranslator(PipelineProperties):
         x = self.resize_square(x, res)
         # CPU generators: the same seed gives the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        result = self.pipe(prompt=prompts, image=x.to(self.device, self.dtype), negative_prompt=negatives,
-                           strength=float(strength), guidance_scale=float(guidance_scale),
-                           num_inference_steps=int(num_inference_steps), generator=generators, output_type="pt")
+        kwargs = dict(prompt=prompts, image=x.to(self.device, self.dtype), negative_prompt=negatives,
+                      strength=float(strength), guidance_scale=float(guidance_scale),
+                      num_inference_steps=int(num_inference_steps), generator=generators, output_type="pt")
+        if s2g is not None:
+            from adapt3d.diffusion.s2g import s2g_pipeline_kwargs
+            prompt_list(list(s2g.general_prompts), b, "s2g.general_prompts")
+            kwargs.update(s2g_pipeline_kwargs(self.pipe, s2g, negatives, strength, num_inference_steps,
+                                              guidance_scale, self.device, self.dtype))
+        result = self.pipe(**kwargs)
         out = result.images.float().cpu()  # (B, 3, res, res) in [0, 1]
         if tuple(out.shape[-2:]) != out_hw:
             out = F.interpolate(out, size=out_hw, mode="bilinear", align_corners=False, antialias=True)

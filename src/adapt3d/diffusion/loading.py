@@ -34,6 +34,7 @@ DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"  # DATID-3D's and Dr
 # kind -> (what it is, a file whose presence marks a complete folder, the tiny model's name in ensure_tiny_models)
 KINDS: dict[str, tuple[str, str, str]] = {
     "stable-diffusion": ("Stable Diffusion pipeline", "model_index.json", "stable-diffusion"),
+    "stable-diffusion-depth": ("Stable Diffusion 2 depth pipeline", "model_index.json", "stable-diffusion-depth"),
     "controlnet": ("ControlNet", "config.json", "controlnet"),
     "clip": ("CLIP model", "config.json", "clip"),
 }
@@ -73,7 +74,7 @@ def resolve_pretrained(name_or_path: str | os.PathLike, kind: str, flag: str | N
     if kind not in KINDS:
         raise ValueError(f"kind: unknown model kind {kind!r}; expected one of {sorted(KINDS)}")
     what, marker, tiny_key = KINDS[kind]
-    flag = flag or {"stable-diffusion": "--diffusion", "controlnet": "--controlnet", "clip": "--clip-model"}[kind]
+    flag = flag or {"stable-diffusion": "--diffusion", "stable-diffusion-depth": "--diffusion", "controlnet": "--controlnet", "clip": "--clip-model"}[kind]
     name = str(name_or_path).strip()
     if not name:
         raise ValueError(f"{flag}: empty model name; expected a Hugging Face id, a local folder or '{TINY_NAME}'")

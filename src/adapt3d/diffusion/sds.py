@@ -384,7 +384,8 @@ class ScoreDistillation:
                  weighting: Weighting = "sds", grad_clip: float | None = None,
                  generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
                  pooled_prompt_embeds: torch.Tensor | None = None,
-                 negative_pooled_prompt_embeds: torch.Tensor | None = None) -> SDSOutput:
+                 negative_pooled_prompt_embeds: torch.Tensor | None = None,
+                 grad_mask: torch.Tensor | None = None) -> SDSOutput:
         """SDS loss for renders ``images`` (B, 3, H, W) in [-1, 1] *or* SD ``latents`` (B, 4, h, w).
 
         ``prompt_embeds`` (B or 1, L, D) condition eps_c; ``negative_prompt_embeds`` (B or 1, L, D) give eps_u
@@ -392,6 +393,7 @@ class ScoreDistillation:
         timesteps; ``timesteps`` (B,) overrides the draw. ``generator`` (CPU) draws t, eps and the VAE sample.
         SDXL teachers also need ``pooled_prompt_embeds`` / ``negative_pooled_prompt_embeds`` (B or 1, P) from
         :meth:`encode_pooled`.
+        ``grad_mask`` (B, 1, h, w) in [0, 1] at the latent size multiplies the gradient (GCA-3D's foreground mask).
         """
         if (images is None) == (latents is None):
             raise ValueError("give exactly one of images (B, 3, H, W) in [-1, 1] and latents (B, 4, h, w)")
@@ -449,6 +451,11 @@ class ScoreDistillation:
                 eps_hat = pred
             w = sds_weights(a.view(b), weighting)  # (B,)
             grad = w.view(b, 1, 1, 1) * (eps_hat - noise)
+            if grad_mask is not None:
+                if tuple(grad_mask.shape) != (b, 1, *z.shape[-2:]):
+                    raise ValueError(f"grad_mask: expected ({b}, 1, {z.shape[-2]}, {z.shape[-1]}) at the latent "
+                                     f"size, got {tuple(grad_mask.shape)}")
+                grad = grad * grad_mask.to(grad)
             finite = torch.isfinite(grad)
             nonfinite = int((~finite).sum())
             grad = torch.where(finite, grad, torch.zeros_like(grad))

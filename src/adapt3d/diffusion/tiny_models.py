@@ -8,6 +8,8 @@ fresh machine with no network: nothing is downloaded. Their outputs are meaningl
   ``<|endoftext|>``), ``model_max_length`` 77 like CLIP's.
 - :func:`make_tiny_stable_diffusion`: a ``StableDiffusionImg2ImgPipeline`` folder (UNet, VAE, CLIP text encoder,
   tokenizer, PNDM scheduler with DATID-3D's settings). Images are 64x64 px, latents 4x32x32 (VAE factor 2).
+- :func:`make_tiny_stable_diffusion_depth`: a ``StableDiffusionDepth2ImgPipeline`` folder (the same components, a
+  UNet with 5 input channels: latents + depth; no DPT depth estimator).
 - :func:`make_tiny_controlnet`: a ``ControlNetModel`` folder matching that UNet (conditioning images 64x64 px).
 - :func:`make_tiny_clip`: a ``CLIPModel`` + ``CLIPProcessor`` folder (``CLIPImageProcessorPil``, 32x32 px input,
   embedding dimension 16).
@@ -32,6 +34,7 @@ import torch
 __all__ = [
     "tiny_clip_tokenizer",
     "make_tiny_stable_diffusion",
+    "make_tiny_stable_diffusion_depth",
     "make_tiny_controlnet",
     "make_tiny_clip",
     "default_tiny_models_dir",
@@ -163,6 +166,20 @@ def _build_stable_diffusion(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
+def _build_stable_diffusion_depth(folder: Path) -> None:
+    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+
+    _build_stable_diffusion(folder)  # same VAE, text encoder, tokenizer and scheduler
+    base = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 5})  # latents + depth channel
+    pipe = StableDiffusionDepth2ImgPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                            unet=unet, scheduler=base.scheduler, depth_estimator=None,
+                                            feature_extractor=None)
+    for p in folder.iterdir():  # replace the img2img folder by the depth2img one
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    pipe.save_pretrained(folder)
+
+
 def _build_controlnet(folder: Path) -> None:
     from diffusers import ControlNetModel
 
@@ -206,6 +223,11 @@ def make_tiny_stable_diffusion(path: str | os.PathLike, seed: int = 0) -> Path:
     return _cached_build(path, "stable-diffusion", seed, _build_stable_diffusion)
 
 
+def make_tiny_stable_diffusion_depth(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Build (or reuse) a tiny SD 2 depth pipeline folder (UNet with 5 input channels, no DPT estimator)."""
+    return _cached_build(path, "stable-diffusion-depth", seed, _build_stable_diffusion_depth)
+
+
 def make_tiny_controlnet(path: str | os.PathLike, seed: int = 0) -> Path:
     """Build (or reuse) a tiny ControlNet folder matching ``make_tiny_stable_diffusion(seed=seed)``'s UNet."""
     return _cached_build(path, "controlnet", seed, _build_controlnet)
@@ -222,7 +244,8 @@ def default_tiny_models_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "adapt3d") / "tiny-models"
 
 
-TINY_MODEL_NAMES = {"stable-diffusion": make_tiny_stable_diffusion, "controlnet": make_tiny_controlnet,
+TINY_MODEL_NAMES = {"stable-diffusion": make_tiny_stable_diffusion,
+                    "stable-diffusion-depth": make_tiny_stable_diffusion_depth, "controlnet": make_tiny_controlnet,
                     "clip": make_tiny_clip}
 
 
@@ -230,7 +253,7 @@ def ensure_tiny_models(root: str | os.PathLike | None = None, names: tuple[str, 
                        ) -> dict[str, Path]:
     """Build the tiny models once under ``root`` (default :func:`default_tiny_models_dir`); name -> folder.
 
-    Names: ``stable-diffusion``, ``controlnet``, ``clip`` (all by default). Takes about a second the first time.
+    Names: ``stable-diffusion``, ``stable-diffusion-depth``, ``controlnet``, ``clip`` (all by default). Takes about a second the first time.
     """
     root = Path(root).expanduser() if root is not None else default_tiny_models_dir()
     names = tuple(TINY_MODEL_NAMES) if names is None else names

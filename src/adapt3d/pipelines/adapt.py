@@ -50,10 +50,10 @@ class AdaptConfig(RenderStageOptions):
 
     prompt: tuple[str, ...] = ()
     """Target-domain prompt(s), e.g. 'a 3D render of a face in Pixar style' (nada / itportrait: exactly one)."""
-    method: Literal["datid3d", "nada", "itportrait"] = "datid3d"
+    method: Literal["datid3d", "nada", "itportrait", "dsds"] = "datid3d"
     """datid3d: diffusion-made target dataset + adversarial fine-tuning; nada: CLIP directional loss from
-    --source-text to --prompt; itportrait: --style-image + --prompt. Every nada / itportrait option:
-    adapt3d nada --help, adapt3d itportrait --help."""
+    --source-text to --prompt; itportrait: --style-image + --prompt; dsds: depth-aware score distillation +
+    spatial consistency (GCA-3D style, no dataset). Every option: adapt3d nada|itportrait|dsds --help."""
     source_text: str = "photo"
     """nada / itportrait: what the source generator makes (the start of the CLIP text direction)."""
     style_image: Path | None = None
@@ -72,6 +72,8 @@ class AdaptConfig(RenderStageOptions):
     """Target images to generate (DATID-3D: 1000; tiny: 32)."""
     strength: float = 0.7
     """img2img strength (DATID-3D: 0.7)."""
+    translator: Literal["img2img", "depth2img", "controlnet-depth"] = "img2img"
+    """datid3d: how renders become targets (depth2img = PODIA-3D's depth-conditioned SD 2; see make-dataset)."""
     guidance_scale: float = 8.0
     """Classifier-free guidance scale (DATID-3D: 8)."""
     num_inference_steps: int | None = None
@@ -125,7 +127,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
     dataset = make_dataset_pipeline.MakeDatasetConfig(
         out=out / "target", preset=cfg.preset, generator=cfg.generator, prompt=tuple(cfg.prompt),
         negative_prompt=cfg.negative_prompt, num_images=pick(cfg.num_images, 1000, 32, tiny),
-        strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+        strength=cfg.strength, guidance_scale=cfg.guidance_scale, translator=cfg.translator,
         num_inference_steps=pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
         device=cfg.device, progress=cfg.progress, diffusion_options=cfg.diffusion_options)
@@ -179,22 +181,22 @@ def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: Ada
 
 
 # Options of `adapt3d adapt` that only DATID-3D uses, with their defaults (a changed one is an error for the others).
-_DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "guidance_scale": 8.0,
-               "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
-               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": (),
+_DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "translator": "img2img",
+               "guidance_scale": 8.0, "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None,
+               "pose_filter": True, "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": (),
                "diffusion_options": DiffusionOptions()}
 _SHARED = ("out", "preset", "generator", "seed", "device", "progress", "source_text", "steps",
            *(f.name for f in fields(RenderStageOptions)))
 
 
 def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
-    """``adapt3d adapt --method nada|itportrait``: map the shared AdaptConfig fields onto NadaConfig /
-    ITportraitConfig and run. Method-specific options are available on ``adapt3d nada`` / ``adapt3d itportrait``."""
-    from adapt3d.pipelines import itportrait, nada
+    """``adapt3d adapt --method nada|itportrait|dsds``: map the shared AdaptConfig fields onto NadaConfig /
+    ITportraitConfig / DSDSConfig and run. Method-specific options are on ``adapt3d nada|itportrait|dsds``."""
+    from adapt3d.pipelines import dsds, itportrait, nada
 
     method = getattr(adapt_cfg, "method", "nada")
-    if method not in ("nada", "itportrait"):
-        raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
+    if method not in ("nada", "itportrait", "dsds"):
+        raise ValueError(f"--method: expected datid3d, nada, itportrait or dsds, got {method!r}")
     changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
     if "diffusion_options" in changed:  # name its changed flags (--dtype, --cpu-offload, ...)
         now, default = asdict(adapt_cfg.diffusion_options), asdict(DiffusionOptions())
@@ -215,6 +217,8 @@ def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
         kw["clip_models"] = (clip_model,)
     if method == "nada":
         return nada.run(nada.NadaConfig(**kw))
+    if method == "dsds":
+        return dsds.run(dsds.DSDSConfig(**kw))
     kw["style_image"] = getattr(adapt_cfg, "style_image", None)
     if getattr(adapt_cfg, "latent", None) is not None:
         kw["latent"] = adapt_cfg.latent

@@ -37,7 +37,7 @@ from adapt3d.data.target_dataset import JOB_JSON, MANIFEST, TargetPlan, complete
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
 from adapt3d.diffusion.img2img import check_img2img_args
-from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
+from adapt3d.diffusion.loading import DEFAULT_DIFFUSION, PretrainedNotFoundError, resolve_pretrained
 from adapt3d.diffusion.options import DiffusionOptionsField, diffusion_options_field
 from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.targets import model_names, resolve_img2img, source_poses, translate_and_score, write_targets
@@ -81,9 +81,27 @@ class MakeDatasetConfig:
     camera_pivot: tuple[float, float, float] | None = None
     """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
     0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
+    translator: Literal["img2img", "depth2img", "controlnet-depth"] = "img2img"
+    """How renders become targets: img2img (DATID-3D), depth2img (SD 2 depth, PODIA-3D) or controlnet-depth (img2img
+    with a depth ControlNet); the depth ones are fed the generator's own depth and mask (docs/podia.md)."""
     diffusion: str = "auto"
-    """img2img model (SD 1.x/2.x or SDXL): Hugging Face id, local folder, single .safetensors/.ckpt file, or 'tiny';
-    auto = tiny with --preset tiny, else stabilityai/stable-diffusion-2-1-base."""
+    """Diffusion model: Hugging Face id, local folder, single .safetensors/.ckpt file (with --diffusion-config; not
+    for depth2img), or 'tiny'; auto = tiny with --preset tiny, else stabilityai/stable-diffusion-2-1-base (img2img:
+    SD 1.x/2.x or SDXL), stabilityai/stable-diffusion-2-depth (depth2img) or stable-diffusion-v1-5/stable-diffusion-v1-5
+    (controlnet-depth)."""
+    controlnet: str = "auto"
+    """Depth ControlNet for --translator controlnet-depth (id, folder or 'tiny'); auto = tiny with --preset tiny,
+    else lllyasviel/control_v11f1p_sd15_depth (SDXL bases: give e.g. diffusers/controlnet-depth-sdxl-1.0)."""
+    s2g_general_prompt: tuple[str, ...] = ()
+    """Specialised-to-general sampling (PODIA-3D): general prompt(s), one for all or one per --prompt (templates
+    apply), used after --s2g-switch of the denoising steps; the --prompt(s) are the specialised ones."""
+    s2g_switch: float = 0.5
+    """Fraction in [0, 1] of the denoising steps run with the specialised prompt before switching to the general."""
+    debias_attributes: tuple[str, ...] = ()
+    """Text-guided debiasing (PODIA-3D): attribute groups like 'man|woman' 'young|old'; each source render's option
+    (CLIP zero-shot) goes into its prompts at '{attributes}' or after a comma. Needs a CLIP model."""
+    debias_template: str = "a photo of a {}"
+    """CLIP text for each attribute option ('{}' = the option)."""
     strength: float = 0.7
     """img2img strength in (0, 1]: fraction of the noise schedule re-run (higher = more change, less pose)."""
     guidance_scale: float = 8.0
@@ -151,6 +169,9 @@ class _Job:
     shard: tuple[int, int] | None
     runtime: dict = field(default_factory=dict)
     """Recorded in job.json but not part of the fingerprint: the resolved diffusion model and memory options."""
+    controlnet: str | None = None
+    s2g_general: dict[str, str] | None = None
+    attribute_groups: list[list[str]] | None = None
 
 
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
@@ -217,6 +238,9 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     if clip_name is None and (cfg.clip_threshold is not None or cfg.clip_top_fraction is not None
                               or cfg.diversity_min_distance > 0):
         raise ValueError("--clip-model none: the CLIP and diversity filters need a CLIP model")
+    podia = check_podia_options(cfg, prompts, clip_name)
+    if cfg.diffusion == "auto" and cfg.preset != "tiny" and cfg.translator != "img2img":
+        diffusion = translator_default_model(cfg.translator)
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
@@ -233,23 +257,110 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
+    if cfg.translator != "img2img":  # only when not the default, so that older job folders keep their fingerprint
+        fingerprint.update(translator=cfg.translator, controlnet=podia["controlnet"])
+    if podia["s2g_general"]:
+        fingerprint.update(s2g_general=podia["s2g_general"], s2g_switch=cfg.s2g_switch)
+    if podia["attribute_groups"]:
+        fingerprint.update(debias_attributes=podia["attribute_groups"], debias_template=cfg.debias_template)
     if cfg.camera_pivot is not None:  # only when given, so that older job folders keep their fingerprint
         if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
             raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
         fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
     fingerprint.update(opts.weights_identity())  # how the weights are read changes the targets
     job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard,
-               runtime={"diffusion_options": opts.record(device)})
+               runtime={"diffusion_options": opts.record(device)}, **podia)
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
     # Model names last: a missing model offline fails here, still before anything is loaded.
-    job.runtime["diffusion_model"] = resolve_img2img(diffusion, opts, "make-dataset (img2img)").record()
+    if cfg.translator == "img2img":
+        job.runtime["diffusion_model"] = resolve_img2img(diffusion, opts, "make-dataset (img2img)").record()
+    else:
+        check_translator_models(cfg.translator, diffusion, job.controlnet, opts)
     if clip_name is not None:
         try:
             resolve_pretrained(clip_name, "clip", "--clip-model")
         except PretrainedNotFoundError as e:
             raise PretrainedNotFoundError(f"{e}; or pass --clip-model none to skip CLIP scores") from e
     return job
+
+
+def translator_default_model(translator: str) -> str:
+    from adapt3d.diffusion.controlnet import DEFAULT_BASE
+    from adapt3d.diffusion.depth_translate import DEFAULT_DEPTH2IMG
+    return {"depth2img": DEFAULT_DEPTH2IMG, "controlnet-depth": DEFAULT_BASE}.get(translator, DEFAULT_DIFFUSION)
+
+
+def check_podia_options(cfg: MakeDatasetConfig, prompts: list[str], clip_name: str | None) -> dict:
+    """Check --translator/--controlnet/--s2g-*/--debias-*; returns the _Job fields controlnet, s2g_general (specialised
+    prompt -> general prompt) and attribute_groups."""
+    from adapt3d.data.target_prompts import AttributeDebiaser, parse_attribute_groups
+    from adapt3d.diffusion.depth_translate import DEFAULT_DEPTH_CONTROLNET, TRANSLATORS
+    from adapt3d.diffusion.s2g import S2GSchedule
+
+    if cfg.translator not in TRANSLATORS:
+        raise ValueError(f"--translator: {cfg.translator!r} is not one of {TRANSLATORS}")
+    controlnet = None
+    if cfg.translator == "controlnet-depth":
+        controlnet = ("tiny" if cfg.preset == "tiny" else DEFAULT_DEPTH_CONTROLNET) if cfg.controlnet == "auto" \
+            else cfg.controlnet
+    elif cfg.controlnet != "auto":
+        raise ValueError(f"--controlnet {cfg.controlnet!r} is used only with --translator controlnet-depth (got "
+                         f"--translator {cfg.translator})")
+    S2GSchedule((), cfg.s2g_switch)
+    s2g_general = None
+    if cfg.s2g_general_prompt:
+        general = [g.strip() for g in cfg.s2g_general_prompt]
+        if any(not g for g in general):
+            raise ValueError("--s2g-general-prompt: empty prompt; give the general form of the subject, e.g. "
+                             "'a Pixar character' for 'the face of a Pixar character'")
+        base = [p.strip() for p in check_prompts(cfg.prompt)]
+        if cfg.prompt_file is not None:
+            base += read_prompt_file(cfg.prompt_file)
+        if len(general) not in (1, len(base)):
+            raise ValueError(f"--s2g-general-prompt: got {len(general)} general prompts for {len(base)} prompts; "
+                             "give one for all or one per prompt")
+        general = general * len(base) if len(general) == 1 else general
+        templ = cfg.templates or ("{}",)
+        pairs = [(t.format(b), t.format(g)) for b, g in zip(base, general) for t in templ]
+        s2g_general = {}
+        for spec, gen in pairs:
+            if s2g_general.setdefault(spec, gen) != gen:
+                raise ValueError(f"--s2g-general-prompt: prompt {spec!r} is given twice with different general "
+                                 "prompts")
+        assert set(s2g_general) == set(prompts)
+    groups = parse_attribute_groups(cfg.debias_attributes) if cfg.debias_attributes else None
+    if groups:
+        if clip_name is None:
+            raise ValueError("--debias-attributes: the attributes are chosen with CLIP; leave out --clip-model none")
+        AttributeDebiaser(None, groups, cfg.debias_template)
+    return {"controlnet": controlnet, "s2g_general": s2g_general, "attribute_groups": groups}
+
+
+def check_translator_models(translator: str, diffusion: str, controlnet: str | None, options=None) -> None:
+    """Resolve the translator's model names (offline: fail now, naming the option and how to get the model); a base
+    and a depth ControlNet of different architectures are refused here, before loading."""
+    from adapt3d.diffusion.loading import KINDS
+    kind = "stable-diffusion-depth" if translator == "depth2img" else "stable-diffusion"
+    try:
+        name = resolve_pretrained(diffusion, kind, "--diffusion")
+        if controlnet is not None:
+            resolve_pretrained(controlnet, "controlnet", "--controlnet")
+    except PretrainedNotFoundError as e:
+        raise PretrainedNotFoundError(f"--translator {translator}: {e}") from e
+    if controlnet is not None:
+        from adapt3d.diffusion.controlnet import resolve_controlnet_pair
+        resolve_controlnet_pair(diffusion, controlnet, options)
+    unet_config = Path(name) / "unet" / "config.json"
+    if unet_config.is_file():  # a local folder: check the UNet fits the translator before loading anything
+        channels = json.loads(unet_config.read_text()).get("in_channels")
+        if translator == "depth2img" and channels != 5:
+            raise ValueError(f"--translator depth2img: --diffusion {diffusion} is not an SD 2 depth model (UNet "
+                             f"in_channels {channels}, expected 5: latents + depth); give e.g. "
+                             f"{translator_default_model('depth2img')} ({KINDS[kind][0]})")
+        if translator != "depth2img" and channels == 5:
+            raise ValueError(f"--translator {translator}: --diffusion {diffusion} is an SD 2 depth model; use "
+                             "--translator depth2img with it")
 
 
 def job_json(job: _Job, shard: tuple[int, int] | None = None) -> dict:
@@ -346,7 +457,8 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
         batch = translate_and_score(G, ws, labels, yaw, pitch, items, sources[0], translator, scorer, pose_filter,
                                     negative_prompt=cfg.negative_prompt, strength=cfg.strength,
                                     guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
-                                    resolution=cfg.diffusion_resolution)
+                                    resolution=cfg.diffusion_resolution, debiaser=models.get("debiaser"),
+                                    s2g_general=job.s2g_general, s2g_switch=cfg.s2g_switch)
         n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt)
         made += n
         bar.update(n)
@@ -356,7 +468,6 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
 
 def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dict:
     from adapt3d.clip.model import CLIPScorer
-    from adapt3d.diffusion.img2img import Img2ImgTranslator
     from adapt3d.models.loading import load_generator
 
     device = resolve_device(cfg.device)
@@ -367,12 +478,26 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
         loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
         models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
-        models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
-                                                                 scheduler=cfg.scheduler,
-                                                                 options=cfg.diffusion_options)
-        models["notes"] += models["translator"].notes
+        models["translator"] = load_translator(cfg.translator, job, device, cfg.scheduler, cfg.diffusion_options)
+        models["notes"] += getattr(models["translator"], "notes", [])
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
+    models["debiaser"] = None
+    if job.attribute_groups and models["scorer"] is not None:
+        from adapt3d.data.target_prompts import AttributeDebiaser
+        models["debiaser"] = AttributeDebiaser(models["scorer"], job.attribute_groups, cfg.debias_template)
     return models
+
+
+def load_translator(translator: str, job: _Job, device, scheduler: str, options=None):
+    """The --translator's pipeline wrapper (all share the Img2ImgTranslator call; depth ones take depth=, mask=)."""
+    from adapt3d.diffusion.depth_translate import Depth2ImgTranslator, DepthControlNetTranslator
+    from adapt3d.diffusion.img2img import Img2ImgTranslator
+    if translator == "depth2img":
+        return Depth2ImgTranslator.from_pretrained(job.diffusion, device=device, scheduler=scheduler, options=options)
+    if translator == "controlnet-depth":
+        return DepthControlNetTranslator.from_pretrained(job.diffusion, job.controlnet, device=device,
+                                                         scheduler=scheduler, options=options)
+    return Img2ImgTranslator.from_pretrained(job.diffusion, device=device, scheduler=scheduler, options=options)
 
 
 def _set_camera_pivot(G, pivot) -> str:

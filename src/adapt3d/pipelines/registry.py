@@ -26,6 +26,8 @@ from adapt3d.pipelines.generate import run as generate
 from adapt3d.pipelines.instance_candidates import InstanceCommand, run_instance_command
 from adapt3d.pipelines.invert import InvertConfig
 from adapt3d.pipelines.invert import run as invert
+from adapt3d.pipelines.dsds import DSDSConfig
+from adapt3d.pipelines.dsds import run as dsds
 from adapt3d.pipelines.itportrait import ITportraitConfig
 from adapt3d.pipelines.itportrait import run as itportrait
 from adapt3d.pipelines.kcf import KcfConfig, kcf
@@ -69,6 +71,8 @@ COMMANDS: dict[str, Command] = {
                     "directional losses from several views (all options of adapt --method nada)."),
     "itportrait": Command(ITportraitConfig, itportrait, "ITportrait: adapt a portrait generator to a reference image "
                           "(--style-image) and a text (all options of adapt --method itportrait)."),
+    "dsds": Command(DSDSConfig, dsds, "GCA-3D-style dataset-free adaptation: depth-aware SDS with the generator's own "
+                    "depth and mask + spatial consistency (all options of adapt --method dsds)."),
     "distill": Command(DistillConfig, distill, "DreamPortrait: distil a diffusion model into a text-conditioned 3D "
                        "generator (score distillation)."),
     "generate": Command(GenerateConfig, generate,

@@ -67,23 +67,50 @@ class TargetBatch:
     tgt_u8: np.ndarray
     scores: list[dict]
     local: list[int]
+    translation: list[dict] | None = None
+    """Per target: how it was translated (translator, the prompt(s) actually used, debiasing attributes)."""
 
 
 @torch.no_grad()
 def translate_and_score(G, ws: torch.Tensor, labels: torch.Tensor, yaw: torch.Tensor, pitch: torch.Tensor,
                         items: Sequence[TargetItem], first_source: int, translator, scorer, pose_filter, *,
                         negative_prompt: str | None, strength: float, guidance_scale: float,
-                        num_inference_steps: int, resolution: int | None = None) -> TargetBatch:
+                        num_inference_steps: int, resolution: int | None = None, debiaser=None,
+                        s2g_general: dict[str, str] | None = None, s2g_switch: float = 0.5) -> TargetBatch:
     """Render the batch's sources (ws (S, num_ws, w_dim) at ``labels`` (S, 25)), translate and score its targets
-    ``items`` (source ``it.source - first_source`` of the batch). ``scorer`` / ``pose_filter``: None to skip."""
+    ``items`` (source ``it.source - first_source`` of the batch). ``scorer`` / ``pose_filter``: None to skip.
+
+    A depth-conditioned translator (``translator.kind`` depth2img / controlnet-depth) gets the render's own depth
+    and accumulated opacity. ``debiaser`` (:class:`adapt3d.data.target_prompts.AttributeDebiaser`): attribute words of
+    each source put into its targets' prompts; ``s2g_general``: specialised prompt -> general prompt for
+    specialised-to-general sampling (switch after ``s2g_switch`` of the steps). CLIP scores use the plain prompt."""
+    from adapt3d.data.target_prompts import with_attributes
+    from adapt3d.diffusion.s2g import S2GSchedule
+
     device = ws.device
-    src = G.synthesis(ws, labels.to(device), noise_mode="const", sampling="deterministic").image
+    out_src = G.synthesis(ws, labels.to(device), noise_mode="const", sampling="deterministic")
+    src = out_src.image
     src_u8 = to_uint8(src.cpu())  # (S, H, W, 3): what is saved, and what diffusion sees
     src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # (S, 3, H, W) in [-1, 1]
     local = [it.source - first_source for it in items]
-    out = translator(src_q[local], [it.prompt for it in items], negative_prompt=negative_prompt, strength=strength,
+    kind = getattr(translator, "kind", "img2img")
+    attrs = debiaser.attributes(src_q) if debiaser is not None else [[] for _ in range(ws.shape[0])]
+    prompts = [with_attributes(it.prompt, attrs[j]) for it, j in zip(items, local)]
+    translation = [{"translator": kind, "prompt_used": p} for p in prompts]
+    kwargs = {}
+    if kind != "img2img":  # the generator's own depth (B, 1, r, r) and foreground mask
+        kwargs.update(depth=out_src.image_depth.detach().cpu()[local], mask=out_src.weights.detach().cpu()[local])
+    if debiaser is not None:
+        for t, j in zip(translation, local):
+            t["attributes"] = attrs[j]
+    if s2g_general:
+        general = [with_attributes(s2g_general[it.prompt], attrs[j]) for it, j in zip(items, local)]
+        kwargs["s2g"] = S2GSchedule(tuple(general), s2g_switch)
+        for t, g in zip(translation, general):
+            t["s2g"] = {"general_prompt": g, "switch": s2g_switch}
+    out = translator(src_q[local], prompts, negative_prompt=negative_prompt, strength=strength,
                      guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                     seeds=[it.diffusion_seed for it in items], resolution=resolution)
+                     seeds=[it.diffusion_seed for it in items], resolution=resolution, **kwargs)
     tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
     tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
     scores: list[dict] = [{} for _ in items]
@@ -100,7 +127,7 @@ def translate_and_score(G, ws: torch.Tensor, labels: torch.Tensor, yaw: torch.Te
         ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
         for k, s in enumerate(scores):
             s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-    return TargetBatch(src_u8, tgt_u8, scores, local)
+    return TargetBatch(src_u8, tgt_u8, scores, local, translation)
 
 
 def write_targets(folder: Path, manifest: Manifest, batch: TargetBatch, items: Sequence[TargetItem],
@@ -120,6 +147,7 @@ def write_targets(folder: Path, manifest: Manifest, batch: TargetBatch, items: S
             latent_seed=it.latent_seed if latent_seed is None else latent_seed, pose_seed=it.pose_seed,
             diffusion_seed=it.diffusion_seed, prompt=it.prompt, negative_prompt=negative_prompt, yaw=float(yaw[j]),
             pitch=float(pitch[j]), label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-            source_image=source_relpath(it.source), scores=batch.scores[k]).to_dict())
+            source_image=source_relpath(it.source), scores=batch.scores[k],
+            translation=batch.translation[k] if batch.translation else {}).to_dict())
         made += 1
     return made
