@@ -64,12 +64,19 @@ COMMANDS = {
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
+def parse(argv: Sequence[str]):
+    """Parse ``adapt3d`` arguments (``[command, *options]``) into the command's config without running anything.
+
+    Exits like the CLI (``SystemExit`` 0 after ``--help``, 2 with a message on stderr for bad options)."""
+    return tyro.extras.subcommand_cli_from_dict(
+        {k: v[0] for k, v in COMMANDS.items()},
+        args=list(argv), prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        {k: v[0] for k, v in COMMANDS.items()},
-        args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
+    cfg = parse(argv)
     run = next(fn for cls, fn, _ in COMMANDS.values() if isinstance(cfg, cls))
     try:
         result = run(cfg)
