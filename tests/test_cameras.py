@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +38,7 @@ from adapt3d.cameras import (
     world_to_camera,
     yaw_sweep,
 )
+from conftest import fixture_path
 
 F64 = torch.float64
 HALF_PI = math.pi / 2
@@ -322,7 +321,6 @@ def test_trajectories():
 
 # ---------------------------------------------------------------- golden: the official EG3D implementation
 
-SHARED = Path(os.environ.get("ADAPT3D_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 # The reference files store only the config name; avg_camera_radius / avg_camera_pivot are the rendering_kwargs of
 # the train.py configs (eg3d-facts.md §1.4): ffhq 2.7 / [0, 0, 0.2], shapenet 1.7 / [0, 0, 0].
 GOLDEN = {
@@ -333,10 +331,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_labels_match_official_eg3d(name):
-    path = SHARED / "fixtures" / "eg3d" / f"{name}.reference.pt"
-    if not path.is_file():
-        pytest.skip(f"EG3D reference fixture not found at {path} (set ADAPT3D_SHARED_DIR)")
-    ref = torch.load(path, weights_only=True)
+    ref = torch.load(fixture_path(f"{name}.reference.pt"), weights_only=True)
     assert ref["config"] == name
     fov = ref["fov_deg"]
     for sample in ref["samples"]:
