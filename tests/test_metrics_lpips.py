@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from adapt3d.metrics.lpips import (
     LPIPS,
-    LPIPS_SCALE,
-    LPIPS_SHIFT,
     VGG16_TAPS,
     LPIPSWeightsNotFoundError,
     VGGFeatures,
@@ -31,6 +29,10 @@ from adapt3d.models.hub import ChecksumMismatchError
 CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
          17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}
 WIDTHS = (64, 128, 256, 512, 512)
+# The input normalisation of LPIPS (richzhang/PerceptualSimilarity, lpips/pretrained_networks ScalingLayer), written
+# here, not imported from the code under test: x' = (x - SHIFT) / SCALE for x in [-1, 1].
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
 
 
 def _write_official_files(folder: Path) -> tuple[Path, Path, dict, dict]:
@@ -60,8 +62,8 @@ def official(tmp_path_factory):
 
 def _reference_lpips(x: torch.Tensor, y: torch.Tensor, vgg: dict, heads: dict) -> torch.Tensor:
     """An independent LPIPS: functional convs straight from the state dict, taps after conv1_2 ... conv5_3."""
-    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)
-    scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(SCALE).view(1, 3, 1, 1)
 
     def feats(img):
         h = (img - shift) / scale
@@ -105,30 +107,29 @@ def test_official_files_load_and_match_reference(official):
 
 
 def test_hand_computed_one_layer_lpips():
-    """1 conv (3 -> 2 channels, centre tap picks R and G), ReLU, one head; a 1 x 2 image pair."""
-    backbone = VGGFeatures(layers=(2,), taps=(1,))
+    """1 conv (3 -> 3 channels, centre tap copies R, G, B), ReLU, one head; a 1 x 2 image pair. Every channel's
+    shift and scale matter (a sign or channel-order error in the normalisation changes the distance)."""
+    backbone = VGGFeatures(layers=(3,), taps=(1,))
     with torch.no_grad():
         conv = backbone.features[0]
         conv.weight.zero_()
         conv.bias.zero_()
-        conv.weight[0, 0, 1, 1] = 1.0  # channel 0 <- R
-        conv.weight[1, 1, 1, 1] = 1.0  # channel 1 <- G
-    w = (0.7, 0.2)
+        for c in range(3):
+            conv.weight[c, c, 1, 1] = 1.0  # channel c <- input channel c
+    w = (0.7, 0.2, 0.4)
     model = LPIPS(backbone, [torch.tensor(w)])
-    x = torch.tensor([[[[0.5, -0.2]], [[0.1, 0.4]], [[0.0, 0.0]]]])  # (1, 3, 1, 2)
-    y = torch.tensor([[[[0.2, 0.3]], [[0.6, -0.05]], [[0.9, -0.9]]]])
+    x = torch.tensor([[[[0.5, -0.2]], [[0.1, 0.4]], [[0.3, 0.0]]]])  # (1, 3, 1, 2)
+    y = torch.tensor([[[[0.2, 0.3]], [[0.6, -0.05]], [[0.9, -0.1]]]])
 
-    def unit(r, g):
-        a = ((r - LPIPS_SHIFT[0]) / LPIPS_SCALE[0], (g - LPIPS_SHIFT[1]) / LPIPS_SCALE[1])
-        a = (max(a[0], 0.0), max(a[1], 0.0))
-        n = math.hypot(*a) + 1e-10
-        return a[0] / n, a[1] / n
+    def unit(rgb):
+        a = [max((v - SHIFT[c]) / SCALE[c], 0.0) for c, v in enumerate(rgb)]  # normalise, ReLU
+        n = math.sqrt(sum(v * v for v in a)) + 1e-10
+        return [v / n for v in a]
 
     expected = 0.0
     for p in range(2):
-        ax = unit(float(x[0, 0, 0, p]), float(x[0, 1, 0, p]))
-        ay = unit(float(y[0, 0, 0, p]), float(y[0, 1, 0, p]))
-        expected += (w[0] * (ax[0] - ay[0]) ** 2 + w[1] * (ax[1] - ay[1]) ** 2) / 2  # spatial mean of 2 pixels
+        ax, ay = unit(x[0, :, 0, p].tolist()), unit(y[0, :, 0, p].tolist())
+        expected += sum(w[c] * (ax[c] - ay[c]) ** 2 for c in range(3)) / 2  # spatial mean of 2 pixels
     assert model(x, y).item() == pytest.approx(expected, rel=1e-5)
     assert model(x, y).item() > 0.01
 
