@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from adapt3d.metrics.lpips import (
     LPIPS,
-    VGG16_TAPS,
     LPIPSWeightsNotFoundError,
     VGGFeatures,
     load_lpips,
@@ -29,6 +28,7 @@ from adapt3d.models.hub import ChecksumMismatchError
 CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
          17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}
 WIDTHS = (64, 128, 256, 512, 512)
+TAPS = (3, 8, 15, 22, 29)  # ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3 (LPIPS' vgg16 slices)
 # The input normalisation of LPIPS (richzhang/PerceptualSimilarity, lpips/pretrained_networks ScalingLayer), written
 # here, not imported from the code under test: x' = (x - SHIFT) / SCALE for x in [-1, 1].
 SHIFT = (-0.030, -0.088, -0.188)
@@ -86,8 +86,8 @@ def test_vgg16_layout_matches_torchvision_indices():
     net = VGGFeatures()
     convs = {i: (m.in_channels, m.out_channels) for i, m in enumerate(net.features) if isinstance(m, torch.nn.Conv2d)}
     assert convs == CONVS
-    assert net.taps == VGG16_TAPS and net.channels == WIDTHS
-    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in VGG16_TAPS)
+    assert net.taps == TAPS and net.channels == WIDTHS
+    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in TAPS)
 
 
 def test_official_files_load_and_match_reference(official):
