@@ -157,6 +157,70 @@ def test_errors_name_the_argument():
         sds(torch.zeros(2, 3, 8, 8), prompt_embeds=cond, negative_prompt_embeds=uncond)
 
 
+class RecordingUNet(StubUNet):
+    """StubUNet with a ``config.sample_size`` (latent size) that keeps the latents it was called with."""
+
+    def __init__(self, sample_size: int):
+        super().__init__()
+        self.config = SimpleNamespace(sample_size=sample_size)
+        self.inputs = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.inputs.append(x.detach().clone())
+        return super().forward(x, t, encoder_hidden_states)
+
+
+def _tiny_vae(scaling_factor: float, deterministic: bool):
+    """A 2-level AutoencoderKL (16 px images -> 8 x 8 latents) with the given ``scaling_factor``. ``deterministic``
+    sets the posterior log-variance to -30 (std 3e-7), so a sample equals the mean to 1e-6."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(5)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16,
+                        scaling_factor=scaling_factor).eval()
+    if deterministic:
+        with torch.no_grad():
+            vae.quant_conv.weight[4:] = 0
+            vae.quant_conv.bias[4:] = -30.0  # channels 4..7 of the moments are the log-variance
+    return vae
+
+
+def test_image_latents_are_vae_latents_times_the_vae_scaling_factor():
+    """The latents SDS noises and sends to the UNet are E(x) * the VAE's own scaling_factor (0.37 here: neither 1
+    nor SD's 0.18215, read from the VAE's config), and z_t = sqrt(a_t) z + sqrt(1 - a_t) eps."""
+    vae = _tiny_vae(0.37, deterministic=True)
+    scaling = vae.config.scaling_factor
+    assert scaling == 0.37
+    sched, unet = _scheduler(), RecordingUNet(sample_size=8)
+    sds = ScoreDistillation(unet, sched, vae=vae)
+    assert sds.resolution == 16
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([100, 700])
+    out = sds(images=images, prompt_embeds=cond, guidance_scale=1.0, timesteps=t,
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = vae.encode(images).latent_dist.mean * scaling  # (2, 4, 8, 8)
+    torch.testing.assert_close(out.latents.detach(), expected, rtol=0, atol=1e-5)
+    a = sched.alphas_cumprod[t].view(2, 1, 1, 1)
+    (x_in,) = unet.inputs
+    torch.testing.assert_close(x_in, a.sqrt() * expected + (1 - a).sqrt() * out.noise, rtol=0, atol=1e-5)
+
+
+def test_image_latents_are_a_posterior_sample():
+    """With a real posterior spread, latents / scaling_factor = mean + std * eps with eps ~ N(0, 1)."""
+    vae = _tiny_vae(0.37, deterministic=False)
+    sds = ScoreDistillation(RecordingUNet(sample_size=8), _scheduler(), vae=vae)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = sds(images=images, prompt_embeds=torch.zeros(1, 5, 6), guidance_scale=1.0,
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        post = vae.encode(images).latent_dist
+    u = (out.latents.detach() / vae.config.scaling_factor - post.mean) / post.std  # 1024 standard normals
+    assert abs(float(u.mean())) < 0.15 and 0.9 < float(u.std()) < 1.1
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     return make_tiny_stable_diffusion(tmp_path_factory.getbasetemp() / "tiny-models" / "stable-diffusion")
