@@ -247,3 +247,65 @@ def test_frozen_parts_stay_bit_identical_after_training(tiny_G):
     changed = [n for n in named if n not in frozen and not torch.equal(after[n], before[n])]
     assert any(n.startswith("superresolution.") for n in changed)
     assert any(n.startswith("backbone.synthesis.b8.") for n in changed)
+
+
+def test_r1_step_sends_half_gamma_times_interval_times_the_penalty_gradient_to_D(tiny_G):
+    """Through the trainer: the discriminator gradient of the lazy R1 step equals, computed here independently,
+    d/dtheta_D [gamma / 2 * d_reg_interval * mean_i (|dD/d image_i|^2 + |dD/d image_raw_i|^2)] on the real images at
+    D's weights of that step. Every real image is the same, so the reference does not depend on which ones the
+    trainer draws; micro-batches of 2 (batch 4) check the accumulation share too."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from adapt3d.models.discriminator import filtered_resizing
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    G, gamma, interval, nrr = copy.deepcopy(tiny_G), 3.0, 2, 16
+    D = default_discriminator(G)
+    label = _pair(1)[2][0]  # (25,)
+    image = (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+
+    class SameImage(torch.utils.data.Dataset):
+        labels = label[None].repeat(8, 1)
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return image, label
+
+    cfg = FinetuneConfig(dataset="x", kimg=0.004, batch=4, batch_gpu=2, r1_gamma=gamma, d_reg_interval=interval,
+                         density_reg=0, augment="none", neural_rendering_resolution=nrr, progress=False)
+    real = (image.float() / 127.5 - 1)[None].repeat(2, 1, 1, 1)  # one micro-batch (2, 3, 64, 64) in [-1, 1]
+    c = label[None].repeat(2, 1)
+
+    def reference_r1_gradient(D_now):
+        Dr = copy.deepcopy(D_now).requires_grad_(True)
+        img = real.clone().requires_grad_(True)
+        raw = filtered_resizing(real, nrr).detach().requires_grad_(True)
+        logits = Dr({"image": img, "image_raw": raw}, c)
+        g_img, g_raw = torch.autograd.grad(logits.sum(), [img, raw], create_graph=True)
+        penalty = (g_img.square().sum((1, 2, 3)) + g_raw.square().sum((1, 2, 3))).mean()
+        params = list(Dr.parameters())  # some (e.g. the last bias) do not change the input gradient: zeros
+        grads = torch.autograd.grad(penalty * gamma / 2 * interval, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    d_params = list(D.parameters())
+    d_ids = {id(p) for p in d_params}
+    d_steps = []  # (gradient the optimiser applies, reference R1 gradient at the same weights)
+
+    def before_step(opt, args, kwargs):
+        if any(id(p) in d_ids for group in opt.param_groups for p in group["params"]):
+            grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in d_params]
+            d_steps.append((grads, reference_r1_gradient(D)))
+
+    handle = register_optimizer_step_pre_hook(before_step)  # every optimiser, whatever the trainer calls it
+    try:
+        Trainer(cfg, G, D, SameImage()).run_training()
+    finally:
+        handle.remove()
+    assert len(d_steps) == 2  # the logistic step and the R1 step (step 0 is a multiple of the interval)
+
+    def matches(grads, ref):
+        return all(torch.allclose(g, r, rtol=1e-4, atol=1e-8) for g, r in zip(grads, ref))
+    assert [matches(*s) for s in d_steps].count(True) == 1
+    assert max(float(r.abs().max()) for r in d_steps[-1][1]) > 1e-6  # a gradient that is there to compare
