@@ -66,6 +66,28 @@ def test_density_regulariser_analytic_expectation():
     torch.testing.assert_close(pts[:, :50], pts[:, 50:])  # no perturbation -> identical halves
 
 
+def test_density_regulariser_defaults_are_eg3ds_and_points_fill_the_box():
+    """EG3D's defaults (1000 points per scene in [-1, 1]^3, perturbation std 0.004), the box really filled, and
+    sizes below 1 refused."""
+    seen = {}
+
+    def record(p):
+        seen["p"] = p
+        return p[..., :1]
+    losses.density_l1_regularization(record, 2, generator=torch.Generator().manual_seed(0))
+    pts = seen["p"]
+    assert pts.shape == (2, 2000, 3)
+    x, eps = pts[:, :1000], pts[:, 1000:] - pts[:, :1000]
+    assert x.min() < -0.99 and x.max() > 0.99 and x.abs().max() <= 1.0
+    assert 0.0038 < float(eps.std()) < 0.0042 and abs(float(eps.mean())) < 3e-4
+    losses.density_l1_regularization(record, 1, 50, p_dist=0.0, extent=0.5)
+    assert seen["p"].min() < -0.45 and seen["p"].max() > 0.45 and seen["p"].abs().max() <= 0.5
+    assert losses.density_l1_regularization(record, 1, 1).shape == ()
+    for b, n in ((0, 10), (1, 0)):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            losses.density_l1_regularization(record, b, n)
+
+
 def test_lazy_regularisation_scaling_hand_values():
     lr, betas = losses.lazy_regularization_scaling(0.002, (0.0, 0.99), 16)
     assert lr == pytest.approx(0.0018823529411764706) and betas[0] == 0.0
@@ -73,6 +95,12 @@ def test_lazy_regularisation_scaling_hand_values():
     lr, betas = losses.lazy_regularization_scaling(0.0025, (0.0, 0.99), 4)
     assert lr == pytest.approx(0.002) and betas[1] == pytest.approx(0.9919919678228657)
     assert losses.lazy_regularization_scaling(0.1, (0.5, 0.9), None) == (0.1, (0.5, 0.9))
+    lr, betas = losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 4)  # c = 0.8: beta ** c, not beta * c
+    assert lr == pytest.approx(0.08) and betas == pytest.approx((0.5743491774985174, 0.9191661188401216))
+    lr, betas = losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 1)  # every step: c = 1/2
+    assert lr == pytest.approx(0.05) and betas == pytest.approx((0.7071067811865476, 0.9486832980505138))
+    with pytest.raises(ValueError, match="interval"):
+        losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 0)
 
 
 def test_pose_conditioning_swap():
@@ -85,6 +113,11 @@ def test_pose_conditioning_swap():
     torch.testing.assert_close(out, torch.where(u < 0.5, torch.roll(c, 1, 0), c))
     assert losses.gpc_swap_probability(0.8, 500_000, 1000) == pytest.approx(0.9)
     assert losses.gpc_swap_probability(0.8, 0, 0) == 0.8
+    assert losses.gpc_swap_probability(0.8, 250, 1.0) == pytest.approx(0.95)  # a fade shorter than 1 kimg
+    assert losses.gpc_swap_probability(0.8, 10_000, 1.0) == pytest.approx(0.8)  # after the fade: stays there
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="prob"):
+            losses.swap_conditioning(c, bad)
     assert losses.gpc_swap_probability(None, 0, 0) is None
 
 

@@ -256,9 +256,9 @@ def mutate_target(target: dict, args: argparse.Namespace) -> list[Result]:
     module = target["module"]
     source = (REPO / module).read_text()
     mutants = find_mutants(source, target.get("functions"))
-    if args.lines:
-        lo, hi = (int(v) for v in args.lines.split("-"))
-        mutants = [m for m in mutants if lo <= m.line <= hi]
+    if args.lines:  # "75,101-105"
+        spans = [tuple(int(v) for v in (part.split("-") * 2)[:2]) for part in args.lines.split(",") if part]
+        mutants = [m for m in mutants if any(lo <= m.line <= hi for lo, hi in spans)]
     if args.max and len(mutants) > args.max:  # an even spread over the module
         step = len(mutants) / args.max
         mutants = [mutants[int(k * step)] for k in range(args.max)]
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     p.add_argument("modules", nargs="*", help="targets to run (default: all of [tool.adapt3d.mutation])")
     p.add_argument("--list", action="store_true", help="only list the mutants")
     p.add_argument("--max", type=int, default=0, help="at most this many mutants per module (an even spread)")
-    p.add_argument("--lines", default=None, help="only mutants on lines LO-HI")
+    p.add_argument("--lines", default=None, help="only mutants on these lines, e.g. 75,101-105")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout: factor x unmutated + 30 s")
     p.add_argument("--json", type=Path, default=None, help="write every result here")
     p.add_argument("--verbose", action="store_true", help="print every mutant, not only survivors")
