@@ -12,7 +12,7 @@ exist, every option must exist and every value must parse. Nothing runs. Bench s
 ``parse_args``. Python code (```python blocks and inline spans calling ``adapt3d...(...Config(...))``) has its
 imports executed and every ``<Job>Config(name=...)`` keyword checked against the dataclass.
 
-Conventions (docs/development.md): a trailing ``...`` / ``…`` means "further options" and is dropped; ``<command>``
+Conventions (docs/testing.md): a trailing ``...`` / ``…`` means "further options" and is dropped; ``<command>``
 in the command position stands for every command (each must accept the rest, e.g. ``--help``); an inline span of
 just ``adapt3d <command>`` names the command (it must exist). Any other ``...`` is an error: write a concrete value.
 """
@@ -172,8 +172,8 @@ def _strip_ellipsis(cmd: DocCommand, argv: list[str]) -> list[str]:
         argv = argv[:-1]
     bad = [a for a in argv if a in ELLIPSES]
     if bad:
-        raise AssertionError(f"{cmd}: '...' stands for an option value; write a concrete value (placeholders: "
-                             "docs/development.md)")
+        raise AssertionError(f"{cmd}: '...' stands for an option value; write a concrete value (conventions: "
+                             "docs/testing.md)")
     return argv
 
 
@@ -381,13 +381,13 @@ def test_checker_accepts_conventions_and_rejects_bad_python():
 # (tests/test_itportrait.py), make-dataset (tests/test_make_dataset.py), distill (tests/test_distill.py), synth
 # (tests/test_dst_pipeline.py), eval (tests/test_eval_pipeline.py), studio (tests/test_studio.py).
 FAST = [c for c in COMMANDS if c.kind == "adapt3d" and c.argv[:1] == ("render",) and "tiny" in c.argv
-        and "--preset" in c.argv]
+        and "--preset" in c.argv and "--out" in c.argv]
 
 
 @pytest.mark.parametrize("cmd", FAST, ids=[c.where for c in FAST])
 def test_fast_tiny_doc_command_runs(cmd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative --out folders land in tmp_path
-    argv = list(cmd.argv) + ["--no-progress"]
+    argv = _strip_ellipsis(cmd, list(cmd.argv)) + ["--no-progress"]
     assert cli.main(argv) == 0
     out = Path(argv[argv.index("--out") + 1])
     assert (tmp_path / out / "grid.png").is_file()
