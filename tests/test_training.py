@@ -342,3 +342,101 @@ def test_r1_step_sends_half_gamma_times_interval_times_the_penalty_gradient_to_D
         return all(torch.allclose(g, r, rtol=1e-4, atol=1e-8) for g, r in zip(grads, ref))
     assert [matches(*s) for s in d_steps].count(True) == 1
     assert max(float(r.abs().max()) for r in d_steps[-1][1]) > 1e-6  # a gradient that is there to compare
+
+
+def test_loss_assembly_through_the_trainer(tiny_G):
+    """One trainer step with every phase (generator, density, discriminator, R1) in micro-batches of 2 out of a batch
+    of B = 4. Captured with hooks on the modules the trainer calls, whatever its structure:
+
+    - the gradient reaching each discriminator logit l is what the EG3D losses give: -sigmoid(-l) / B in the
+      generator step (mean softplus(-l)), +sigmoid(l) / B for generated and -sigmoid(-l) / B for real images in
+      the discriminator step;
+    - each density sigma_a (original point) and sigma_b (perturbed) receives +-density_reg * interval *
+      sign(sigma_a - sigma_b) / (B * P), P points per scene;
+    - the logged losses and logits are means over the whole batch, and w_avg moves to lerp(mean w, w_avg, beta)
+      with the discriminator step's latents.
+    """
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    G, B, P, density_reg, interval = copy.deepcopy(tiny_G), 4, 50, 0.25, 2
+    D = default_discriminator(G)
+    label = _pair(1)[2][0]
+    image = (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    real = (image.float() / 127.5 - 1)[None]  # (1, 3, 64, 64)
+
+    class SameImage(torch.utils.data.Dataset):
+        labels = label[None].repeat(8, 1)
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return image, label
+
+    cfg = FinetuneConfig(dataset="x", kimg=0.004, batch=B, batch_gpu=2, density_reg=density_reg,
+                         density_reg_interval=interval, density_reg_points=P, d_reg_interval=2, r1_gamma=1.0,
+                         augment="none", neural_rendering_resolution=16, progress=False, tick_kimg=0.004)
+    logits = {"G": [], "fake": [], "real": []}  # (logit values, gradient into them)
+    densities, d_step_ws = [], []
+
+    def on_D(module, args, out):
+        if not any(p.requires_grad for p in module.parameters()):
+            phase = "G"
+        elif args[0]["image"].requires_grad:
+            return  # the R1 step: test_r1_step_sends_half_gamma_times_interval_times_the_penalty_gradient_to_D
+        else:
+            phase = "real" if torch.equal(args[0]["image"], real.expand_as(args[0]["image"])) else "fake"
+        value = out.detach().clone()
+        out.register_hook(lambda g: logits[phase].append((value, g.detach().clone())))
+
+    def on_mapping(module, args, out):
+        if not torch.is_grad_enabled():  # the discriminator step maps its latents without autograd
+            d_step_ws.append(out[:, 0].clone())
+
+    trainer = Trainer(cfg, G, D, SameImage())
+    sample_density = G.sample_density
+
+    def recording_sample_density(*args, **kwargs):
+        out = sample_density(*args, **kwargs)
+        sigma = out["sigma"]
+        if sigma.requires_grad:
+            value = sigma.detach().clone()
+            sigma.register_hook(lambda g: densities.append((value, g.detach().clone())))
+        return out
+    G.sample_density = recording_sample_density
+    w_avg_before = G.backbone.mapping.w_avg.clone()
+    hooks = [D.register_forward_hook(on_D), G.backbone.mapping.register_forward_hook(on_mapping)]
+    try:
+        result = trainer.run_training()
+    finally:
+        for h in hooks:
+            h.remove()
+        del G.sample_density
+
+    cat = {k: (torch.cat([v for v, _ in pairs]), torch.cat([g for _, g in pairs])) for k, pairs in logits.items()}
+    assert all(len(v) == B for v, _ in cat.values()), {k: len(v) for k, (v, _) in cat.items()}
+    torch.testing.assert_close(cat["G"][1], -torch.sigmoid(-cat["G"][0]) / B, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(cat["fake"][1], torch.sigmoid(cat["fake"][0]) / B, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(cat["real"][1], -torch.sigmoid(-cat["real"][0]) / B, rtol=1e-5, atol=1e-9)
+
+    assert sum(v.shape[0] for v, _ in densities) == B
+    for sigma, grad in densities:  # (b, 2P, 1) each
+        a, b_ = sigma[:, :P], sigma[:, P:]
+        expected = density_reg * interval * torch.sign(a - b_) / (B * P)
+        torch.testing.assert_close(grad[:, :P], expected, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(grad[:, P:], -expected, rtol=1e-5, atol=1e-12)
+
+    stats = result.stats[-1]
+    softplus = torch.nn.functional.softplus
+    assert stats["loss/G"] == pytest.approx(float(softplus(-cat["G"][0]).mean()), rel=1e-5)
+    assert stats["loss/D_fake"] == pytest.approx(float(softplus(cat["fake"][0]).mean()), rel=1e-5)
+    assert stats["loss/D_real"] == pytest.approx(float(softplus(-cat["real"][0]).mean()), rel=1e-5)
+    assert stats["loss/D"] == pytest.approx(stats["loss/D_fake"] + stats["loss/D_real"], rel=1e-6)
+    assert stats["logits/fake"] == pytest.approx(float(cat["fake"][0].mean()), rel=1e-5, abs=1e-7)
+    assert stats["logits/real"] == pytest.approx(float(cat["real"][0].mean()), rel=1e-5, abs=1e-7)
+    sig = torch.cat([s for s, _ in densities])
+    assert stats["loss/density_reg"] == pytest.approx(float((sig[:, :P] - sig[:, P:]).abs().mean()), rel=1e-5)
+    mean_w = torch.cat(d_step_ws).mean(0)
+    assert torch.cat(d_step_ws).shape[0] == B
+    beta = G.backbone.mapping.w_avg_beta
+    torch.testing.assert_close(G.backbone.mapping.w_avg, mean_w.lerp(w_avg_before, beta), rtol=1e-5, atol=1e-7)
