@@ -129,3 +129,17 @@ def test_missing_weights_offline_error(monkeypatch):
         CLIPScorer.from_pretrained("openai/clip-vit-base-patch32-not-cached")
     assert "openai/clip-vit-base-patch32-not-cached" in str(e.value) and "--clip-model" in str(e.value)
     assert "huggingface-cli download" in str(e.value)
+
+
+def test_mean_std_pair_and_its_errors(reference):
+    model, proc = reference
+    scorer = CLIPScorer(model, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))  # (mean, std) instead of a processor
+    x = _to_tensor(_uint8_images(1, 32))
+    torch.testing.assert_close(scorer.preprocess(x).double(), _reference_preprocess(x, 32), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        scorer.encode_text("a zombie")
+    with pytest.raises(ValueError, match="CLIPProcessor or"):
+        CLIPScorer(model, (OPENAI_CLIP_MEAN,))
+    for mean, std in (((0.5, 0.5), OPENAI_CLIP_STD), (OPENAI_CLIP_MEAN, (0.5,) * 4)):
+        with pytest.raises(ValueError, match="3 values each"):
+            CLIPScorer(model, (mean, std))
