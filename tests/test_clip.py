@@ -121,6 +121,15 @@ def test_score_argument_errors(scorer):
         scorer.score(x, ["a", "b", "c"])
     with pytest.raises(ValueError, match="images"):
         scorer.encode_images(x[0])
+    for bad in ([], ["a zombie", 3]):
+        with pytest.raises(ValueError, match="texts"):
+            scorer.encode_text(bad)
+
+
+def test_long_texts_are_truncated_to_77_tokens(scorer):
+    long = " ".join(["zombie"] * 200)  # far more than CLIP's 77 positions
+    emb = scorer.encode_text([long, "a zombie"])
+    assert emb.shape == (2, 16) and torch.isfinite(emb).all()
 
 
 def test_missing_weights_offline_error(monkeypatch):
