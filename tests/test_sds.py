@@ -135,6 +135,11 @@ def test_view_dependent_prompts():
     half = math.pi / 2
     yaws = torch.tensor([half, half + 0.5, half - 0.9, half + 1.2, half + math.pi, half - 2.5])
     assert view_index(yaws).tolist() == [0, 0, 1, 1, 2, 2]
+    # threestudio's default boundaries: front below 45 deg of azimuth, back above 135 deg, either side of frontal.
+    deg = math.pi / 180
+    near = torch.tensor([44.5, 45.5, 134.5, 135.5, -44.5, -45.5, -134.5, -135.5]) * deg + half
+    assert view_index(near).tolist() == [0, 1, 1, 2, 0, 1, 1, 2]
+    assert view_index(torch.tensor([half + 50 * deg]), front_deg=60.0).tolist() == [0]
     assert view_prompt("an elf", 1) == "an elf, side view" and view_prompt("an elf", "back") == "an elf, back view"
 
 
