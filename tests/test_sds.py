@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from adapt3d.diffusion.sds import ScoreDistillation, sds_weights, timestep_range, view_index, view_prompt
+from adapt3d.diffusion.sds import (ScoreDistillation, check_sds_args, sds_weights, timestep_range, view_index,
+                                  view_prompt)
 from adapt3d.testing.tiny_models import make_tiny_stable_diffusion
 
 
@@ -120,6 +121,8 @@ def test_weights_and_timestep_annealing():
     torch.testing.assert_close(sds_weights(a, "sds"), torch.tensor([0.75, 0.0]))
     torch.testing.assert_close(sds_weights(a, "fantasia3d"), torch.tensor([0.375, 0.0]))
     assert timestep_range(5, 10, (0.02, 0.98), "none") == (0.02, 0.98)
+    assert timestep_range(5, 10) == (0.02, 0.98)  # threestudio's default range
+    check_sds_args()  # the defaults are valid (guidance 100, t in [0.02, 0.98], 'sds' weighting)
     lo, hi = timestep_range(5, 10, (0.02, 0.98), "linear", t_max_final=0.5)
     assert lo == 0.02 and hi == pytest.approx(0.74)
     assert timestep_range(10, 10, (0.02, 0.98), "linear", 0.5)[1] == pytest.approx(0.5)
@@ -140,6 +143,8 @@ def test_view_dependent_prompts():
     near = torch.tensor([44.5, 45.5, 134.5, 135.5, -44.5, -45.5, -134.5, -135.5]) * deg + half
     assert view_index(near).tolist() == [0, 1, 1, 2, 0, 1, 1, 2]
     assert view_index(torch.tensor([half + 50 * deg]), front_deg=60.0).tolist() == [0]
+    for turns in (1, -2, 3):  # whole turns of yaw change nothing
+        assert view_index(yaws + turns * 2 * math.pi).tolist() == [0, 0, 1, 1, 2, 2]
     assert view_prompt("an elf", 1) == "an elf, side view" and view_prompt("an elf", "back") == "an elf, back view"
 
 
