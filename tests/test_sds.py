@@ -180,14 +180,14 @@ class RecordingUNet(StubUNet):
         return super().forward(x, t, encoder_hidden_states)
 
 
-def _tiny_vae(scaling_factor: float, deterministic: bool):
-    """A 2-level AutoencoderKL (16 px images -> 8 x 8 latents) with the given ``scaling_factor``. ``deterministic``
-    sets the posterior log-variance to -30 (std 3e-7), so a sample equals the mean to 1e-6."""
+def _tiny_vae(scaling_factor: float, deterministic: bool, levels: int = 2):
+    """A ``levels``-level AutoencoderKL (2: 16 px images -> 8 x 8 latents) with the given ``scaling_factor``.
+    ``deterministic`` sets the posterior log-variance to -30 (std 3e-7), so a sample equals the mean to 1e-6."""
     from diffusers import AutoencoderKL
     torch.manual_seed(5)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16,
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16)[:levels],
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, norm_num_groups=8, sample_size=16,
                         scaling_factor=scaling_factor).eval()
     if deterministic:
         with torch.no_grad():
@@ -216,6 +216,47 @@ def test_image_latents_are_vae_latents_times_the_vae_scaling_factor():
     a = sched.alphas_cumprod[t].view(2, 1, 1, 1)
     (x_in,) = unet.inputs
     torch.testing.assert_close(x_in, a.sqrt() * expected + (1 - a).sqrt() * out.noise, rtol=0, atol=1e-5)
+    # Larger renders are first resized to the teacher's resolution (bilinear, antialiased when shrinking).
+    big = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    out = sds(images=big, prompt_embeds=cond, guidance_scale=1.0, timesteps=t)
+    small = torch.nn.functional.interpolate(big, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = vae.encode(small).latent_dist.mean * scaling
+    torch.testing.assert_close(out.latents.detach(), expected, rtol=0, atol=1e-5)
+
+
+def test_resolution_follows_the_vae_depth():
+    """SD's VAE halves the size at each of its levels after the first: 4 levels -> 8x (2 ** 3, not 2 * 3)."""
+    sds = ScoreDistillation(RecordingUNet(sample_size=8), _scheduler(), vae=_tiny_vae(0.37, False, levels=4),
+                            device="cpu")
+    assert sds.vae_scale_factor == 8 and sds.resolution == 64
+
+
+def test_argument_edges_and_unet_outputs():
+    sched = _scheduler()
+    sds = ScoreDistillation(StubUNet(), sched)
+    z, cond, _ = _case(2)
+    check_sds_args(t_range=(0.0, 1.0), t_max_final=1.0)
+    check_sds_args(t_max_final=0.0)
+    with pytest.raises(ValueError, match="t-max-final"):
+        check_sds_args(t_max_final=1.5)
+    out = sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, t_range=(1.0, 1.0))
+    assert out.timesteps.tolist() == [999, 999]  # the last train timestep
+    for bad in ([1000, 3], [3], [-1, 2], [1, 2, 3]):
+        with pytest.raises(ValueError, match="timesteps"):
+            sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor(bad))
+    for bad_images in (torch.zeros(2, 4, 8, 8), torch.zeros(2, 3, 8)):
+        with pytest.raises(ValueError, match="images: expected"):
+            sds(bad_images, prompt_embeds=cond, guidance_scale=1.0)
+
+    class TupleUNet(StubUNet):  # return_dict=False style: the prediction is the first element
+        def forward(self, x, t, encoder_hidden_states):
+            return (super().forward(x, t, encoder_hidden_states).sample, "not the prediction")
+    kwargs = dict(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor([10, 600]),
+                  generator=torch.Generator().manual_seed(0))
+    a = ScoreDistillation(TupleUNet(), sched)(**kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    assert torch.equal(a.grad, sds(**kwargs).grad)
 
 
 def test_image_latents_are_a_posterior_sample():
@@ -242,6 +283,7 @@ def test_tiny_stable_diffusion_sends_gradient_to_the_images(tiny_sd):
     emb = sds.encode_prompt(["a zombie, front view", "an elf"])
     assert emb.shape == (2, 77, 32)
     assert torch.equal(sds.encode_prompt("an elf")[0], emb[1])  # cached, same values
+    assert sds.encode_prompt(" ".join(["zombie"] * 100)).shape == (1, 77, 32)  # truncated to 77 tokens
     uncond = sds.encode_prompt("")
     images = (torch.rand(2, 3, 48, 48) * 2 - 1).requires_grad_(True)  # resized to 64 inside
     runs = []
