@@ -379,11 +379,16 @@ def test_loss_assembly_through_the_trainer(tiny_G):
     logits = {"G": [], "fake": [], "real": []}  # (logit values, gradient into them)
     densities, d_step_ws = [], []
 
+    r1 = []
+
     def on_D(module, args, out):
         if not any(p.requires_grad for p in module.parameters()):
             phase = "G"
-        elif args[0]["image"].requires_grad:
-            return  # the R1 step: test_r1_step_sends_half_gamma_times_interval_times_the_penalty_gradient_to_D
+        elif args[0]["image"].requires_grad:  # the R1 step (its gradient: test_r1_step_sends_half_gamma_...)
+            g_img, g_raw = torch.autograd.grad(out.sum(), [args[0]["image"], args[0]["image_raw"]],
+                                               retain_graph=True)
+            r1.append(g_img.square().sum((1, 2, 3)) + g_raw.square().sum((1, 2, 3)))
+            return
         else:
             phase = "real" if torch.equal(args[0]["image"], real.expand_as(args[0]["image"])) else "fake"
         value = out.detach().clone()
@@ -434,9 +439,43 @@ def test_loss_assembly_through_the_trainer(tiny_G):
     assert stats["loss/D"] == pytest.approx(stats["loss/D_fake"] + stats["loss/D_real"], rel=1e-6)
     assert stats["logits/fake"] == pytest.approx(float(cat["fake"][0].mean()), rel=1e-5, abs=1e-7)
     assert stats["logits/real"] == pytest.approx(float(cat["real"][0].mean()), rel=1e-5, abs=1e-7)
+    assert stats["loss/r1_penalty"] == pytest.approx(float(torch.cat(r1).mean()), rel=1e-4)
+    assert not any(p.requires_grad for p in D.parameters())  # D is frozen again after its steps
     sig = torch.cat([s for s, _ in densities])
     assert stats["loss/density_reg"] == pytest.approx(float((sig[:, :P] - sig[:, P:]).abs().mean()), rel=1e-5)
     mean_w = torch.cat(d_step_ws).mean(0)
     assert torch.cat(d_step_ws).shape[0] == B
     beta = G.backbone.mapping.w_avg_beta
     torch.testing.assert_close(G.backbone.mapping.w_avg, mean_w.lerp(w_avg_before, beta), rtol=1e-5, atol=1e-7)
+
+
+def test_lazy_regulariser_schedule_and_step_counters(tiny_G):
+    """Density regularisation every density_reg_interval steps and R1 every d_reg_interval steps, from step 0; none
+    of either when its weight is 0; step and image counters."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(0)
+    labels = _pair(4)[2]
+    images = (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self):
+            self.labels = labels
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return images[i], labels[i]
+
+    def run(**kw):
+        G = copy.deepcopy(tiny_G)
+        cfg = FinetuneConfig(dataset="x", batch=2, augment="none", neural_rendering_resolution=16, progress=False,
+                             density_reg_points=20, tick_kimg=0.002, **kw)
+        return Trainer(cfg, G, default_discriminator(G), DS()).run_training()
+    out = run(kimg=0.008, density_reg_interval=2, d_reg_interval=3)  # steps 0, 1, 2, 3
+    assert (out.step, out.cur_nimg) == (4, 8) and [s["step"] for s in out.stats] == [1, 2, 3, 4]
+    assert ["loss/density_reg" in s for s in out.stats] == [True, False, True, False]
+    assert ["loss/r1_penalty" in s for s in out.stats] == [True, False, False, True]
+    out = run(kimg=0.002, density_reg=0.0, r1_gamma=0.0)
+    assert "loss/density_reg" not in out.stats[-1] and "loss/r1_penalty" not in out.stats[-1]
