@@ -240,6 +240,9 @@ def test_argument_edges_and_unet_outputs():
     check_sds_args(t_max_final=0.0)
     with pytest.raises(ValueError, match="t-max-final"):
         check_sds_args(t_max_final=1.5)
+    with pytest.raises(ValueError, match="t-range"):
+        check_sds_args(t_range=(0.5, 1.5))
+    assert ScoreDistillation(RecordingUNet(sample_size=8), sched).resolution == 64  # no VAE: SD's factor 8
     out = sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, t_range=(1.0, 1.0))
     assert out.timesteps.tolist() == [999, 999]  # the last train timestep
     for bad in ([1000, 3], [3], [-1, 2], [1, 2, 3]):
