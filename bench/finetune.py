@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
         args.density_reg_interval + med["_phase_D_reg"] / args.d_reg_interval
     result = {
         "preset": args.preset, "batch": args.batch, "batch_gpu": trainer.batch_gpu, "device": str(device),
-        "neural_rendering_resolution": trainer.nrr_initial, "img_resolution": G.img_resolution,
+        "neural_rendering_resolution": trainer.nrr_schedule.initial, "img_resolution": G.img_resolution,
         "steps": args.steps, "warmup": args.warmup,
         "phase_seconds": {"G": med["_phase_G"], "G_density_reg": med["_phase_G_reg"], "D": med["_phase_D"],
                           "D_r1": med["_phase_D_reg"], "other": max(other, 0.0)},

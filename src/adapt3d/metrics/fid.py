@@ -23,7 +23,7 @@ Features (``feature``):
 
 from __future__ import annotations
 
-import io
+import contextlib
 import math
 import os
 import warnings
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from adapt3d.utils.image_files import MAX_IMAGE_PIXELS, open_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -218,6 +220,24 @@ def _to_tensor(img: Image.Image, resolution: int | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W) uint8
 
 
+def _reference_source(path: Path, zf: zipfile.ZipFile | None, name: str) -> Path | bytes:
+    return zf.read(name) if zf is not None else path / name
+
+
+def check_reference_images(path: str | os.PathLike, max_images: int | None = None,
+                           max_pixels: int = MAX_IMAGE_PIXELS) -> list[str]:
+    """The reference images, each checked from its header (an image, not empty, at most ``max_pixels``) before
+    anything heavy runs. Raises ValueError naming --reference and the file."""
+    path = Path(path)
+    names = list_reference_images(path, max_images)
+    with (zipfile.ZipFile(path) if not path.is_dir() else contextlib.nullcontext()) as zf:
+        for name in names:
+            with open_image(_reference_source(path, zf, name), "--reference", f"{path}/{name}",
+                            max_pixels=max_pixels, decode=False):
+                pass
+    return names
+
+
 def load_reference_images(path: str | os.PathLike, resolution: int | None = None, max_images: int | None = None,
                           batch_size: int = 32) -> Iterator[torch.Tensor]:
     """Yield uint8 batches (B, 3, R, R) of the reference images (resized to ``resolution`` with Lanczos)."""
@@ -226,13 +246,9 @@ def load_reference_images(path: str | os.PathLike, resolution: int | None = None
     zf = zipfile.ZipFile(path) if not path.is_dir() else None
     try:
         batch = []
-        for name in names:
-            if zf is not None:
-                with Image.open(io.BytesIO(zf.read(name))) as img:
-                    batch.append(_to_tensor(img, resolution))
-            else:
-                with Image.open(path / name) as img:
-                    batch.append(_to_tensor(img, resolution))
+        for name in names:  # a truncated file fails here with an error naming it
+            with open_image(_reference_source(path, zf, name), "--reference", f"{path}/{name}") as img:
+                batch.append(_to_tensor(img, resolution))
             if len(batch) == batch_size:
                 yield torch.stack(batch)
                 batch = []

@@ -23,9 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from adapt3d.models import hub
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = [
     "WeightFile",
@@ -107,6 +106,8 @@ def resolve_weight_file(spec: str | os.PathLike | None, default: WeightFile,
             return hub.resolve_checkpoint(entry.name)
     except hub.CheckpointNotFoundError as e:
         raise error(explain(f"weights {text!r} are not available ({e})")) from e
+    except hub.CachedFileChangedError:  # its own message says how to download it again
+        raise
     except hub.CheckpointDownloadError as e:
         raise error(explain(f"weights {text!r} could not be fetched ({e})")) from e
 
@@ -130,7 +131,9 @@ def load_state_dict_file(path: str | os.PathLike, what: str) -> dict:
     """``torch.load(path, weights_only=True)`` onto the CPU; the result must be a dict (a state dict)."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path, f"{what} {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for us
         raise ValueError(f"{what}: cannot read {path} as a weights-only torch file ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):

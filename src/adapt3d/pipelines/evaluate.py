@@ -37,7 +37,7 @@ from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, render_views, resolve_device
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_text, parse_seeds
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
@@ -189,6 +189,8 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError("--prompt: required (the target text, e.g. 'a 3D render of a face in Pixar style')")
     if not cfg.source_prompt.strip():
         raise ValueError("--source-prompt: must be a non-empty text")
+    check_text(cfg.prompt or "", "--prompt", "prompt")
+    check_text(cfg.source_prompt, "--source-prompt", "prompt")
     unknown = sorted(set(cfg.metrics) - set(METRICS))
     if unknown or not cfg.metrics:
         raise ValueError(f"--metrics: unknown {unknown or 'empty'}; choose from {', '.join(METRICS)}")
@@ -218,7 +220,7 @@ def validate(cfg: EvalConfig) -> list[int]:
     _check_weight_options(cfg)
     if "fid" in cfg.metrics:
         if cfg.reference is not None:
-            fid.list_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
+            fid.check_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
         if _fid_feature(cfg) == "inception":  # raises naming the file, its URL and --fid-feature clip; checks sha256
             inception.resolve_inception_weights(cfg.inception_weights, cfg.inception_sha256)
     from adapt3d.diffusion.loading import resolve_pretrained
