@@ -156,6 +156,9 @@ def test_orbit_angles_round_trip():
     pitch = torch.tensor([0.2, HALF_PI, 2.9, 1.0], dtype=F64)
     y, p, r = orbit_angles(orbit_camera(yaw, pitch, radius=1.7, pivot=(0, 0, 0)))
     assert torch.allclose(y, yaw) and torch.allclose(p, pitch) and torch.allclose(r, torch.full_like(r, 1.7))
+    for bad in (torch.eye(4), torch.zeros(2, 3, 4), torch.zeros(2, 4, 3)):  # one wrong dimension is enough
+        with pytest.raises(ValueError, match=r"cam2world must have shape \(B, 4, 4\)"):
+            orbit_angles(bad)
 
 
 def test_look_at_matches_orbit_and_rejects_vertical():

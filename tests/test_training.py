@@ -483,3 +483,39 @@ def test_lazy_regulariser_schedule_and_step_counters(tiny_G):
     assert ["loss/r1_penalty" in s for s in out.stats] == [True, False, False, True]
     out = run(kimg=0.002, density_reg=0.0, r1_gamma=0.0)
     assert "loss/density_reg" not in out.stats[-1] and "loss/r1_penalty" not in out.stats[-1]
+
+
+def test_ada_records_the_signs_of_the_real_logits_and_D_is_frozen_outside_its_phases(tiny_G):
+    """Each step adds sum(sign(D(real))) of the discriminator phase and the number of real images to ADA's
+    accumulators (not the R1 phase's logits, not the logit sums); D's parameters require grad only inside its
+    own phases, so the generator phase never computes discriminator gradients."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(1)
+    labels = _pair(4)[2]
+    images = (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        labels = None
+
+    DS.labels = labels
+    G = copy.deepcopy(tiny_G)
+    cfg = FinetuneConfig(dataset="x", batch=4, augment="ada", augment_p=0.0, ada_interval=4, r1_gamma=1.0,
+                         d_reg_interval=2, neural_rendering_resolution=16, progress=False, density_reg_points=20)
+    trainer = Trainer(cfg, G, default_discriminator(G), DS())
+    reals = images.float() / 127.5 - 1
+    calls = []  # (input image, logits) of every D call
+    trainer.D.register_forward_hook(lambda m, args, out: calls.append((args[0]["image"].detach(), out.detach())))
+    expected_sum = 0.0
+    for step in range(2):  # step 0 runs R1 (d_reg_interval 2), step 1 does not
+        calls.clear()
+        trainer.train_step(images, labels)
+        # the D phase's real call: the real images, not requiring grad (R1's do; generated ones differ)
+        real_logits = [out for image, out in calls if image.shape == reals.shape and torch.allclose(image, reals,
+                                                                                                   atol=1e-4)]
+        assert len(real_logits) == 2 - step  # D phase (+ R1 at step 0)
+        expected_sum += float(torch.sign(real_logits[0]).sum())
+        assert not any(p.requires_grad for p in trainer.D.parameters()), f"D not frozen after step {step}"
+    assert trainer.augment.sign_count == 8.0
+    assert trainer.augment.sign_sum == expected_sum
+    assert expected_sum != 8.0  # not all positive: a sum equal to the count would not tell signs from counts
