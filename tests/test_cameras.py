@@ -304,6 +304,32 @@ def test_make_pose_sampler_errors():
         FixedPoseSampler().sample(0)
 
 
+def test_sampler_config_edges_and_defaults():
+    """Range/shape errors name the bad entry; configs are immutable; the uniform default range is the sinusoidal
+    sampler's envelope (its extremes over every index); PoseBatch.labels defaults to EG3D's rounded pi, sqrt 2."""
+    import dataclasses
+    for bad, which in (((float("nan"), 1.0), r"yaw_range\[0\]"), ((0.0, float("inf")), r"yaw_range\[1\]")):
+        with pytest.raises(ValueError, match=which + " must be a finite number"):
+            UniformPoseSamplerConfig(yaw_range=bad)
+    for bad in (torch.zeros(2, 1), [0.0, 1.0]):
+        with pytest.raises(ValueError, match="PoseBatch.yaw must be a 1-D tensor"):
+            PoseBatch(bad, torch.zeros(2))
+    from adapt3d.cameras.samplers import POSE_SAMPLERS
+    for _, config_cls in POSE_SAMPLERS.values():
+        config = config_cls()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, dataclasses.fields(config)[0].name, 1.0)
+    every = torch.arange(240)
+    envelope = SinusoidalPoseSampler().poses_from_indices(every, every)
+    default = UniformPoseSamplerConfig()
+    assert default.yaw_range == pytest.approx((envelope.yaw.min().item(), envelope.yaw.max().item()), abs=1e-6)
+    assert default.pitch_range == pytest.approx((envelope.pitch.min().item(), envelope.pitch.max().item()), abs=1e-6)
+    poses = PoseBatch(torch.tensor([1.2]), torch.tensor([1.4]))
+    focal = poses.labels(2.7, (0, 0, 0.2), 18.837)[0, 16].item()
+    assert focal == pytest.approx(1 / (math.tan(18.837 * 3.14159 / 360) * 1.414), rel=1e-6)  # EG3D's literals
+    assert focal != pytest.approx(1 / (math.tan(math.radians(18.837) / 2) * math.sqrt(2)), rel=1e-6)
+
+
 def test_trajectories():
     orbit = orbit_trajectory(240)
     assert len(orbit) == 240
