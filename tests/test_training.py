@@ -519,3 +519,37 @@ def test_ada_records_the_signs_of_the_real_logits_and_D_is_frozen_outside_its_ph
     assert trainer.augment.sign_count == 8.0
     assert trainer.augment.sign_sum == expected_sum
     assert expected_sum != 8.0  # not all positive: a sum equal to the count would not tell signs from counts
+
+
+def test_density_regulariser_phase_leaves_parameters_it_does_not_reach(tiny_G):
+    """The density regulariser's phase steps only the parameters its loss reaches: the super-resolution head (not
+    on the density path) leaves that phase bit-identical, as EG3D's Adam skips parameters whose gradient is None;
+    zeroed instead of None gradients would move them by the momentum of the generator phase."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(2)
+    labels = _pair(2)[2]
+    images = (torch.rand(2, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        pass
+
+    DS.labels = labels
+    G = copy.deepcopy(tiny_G)
+    cfg = FinetuneConfig(dataset="x", batch=2, augment="none", r1_gamma=0.0, density_reg=0.25,
+                         adam_betas=(0.5, 0.99),  # beta1 > 0: Adam with a zero gradient would still move
+                         neural_rendering_resolution=16, progress=False, density_reg_points=20)
+    trainer = Trainer(cfg, G, default_discriminator(G), DS())
+    snapshots = []
+
+    def snapshot():
+        snapshots.append({k: v.clone() for k, v in trainer.G.superresolution.state_dict().items()})
+    phase_G, phase_G_reg = trainer._phase_G, trainer._phase_G_reg
+    trainer._phase_G = lambda *a: (snapshot(), phase_G(*a), snapshot())[1]
+    trainer._phase_G_reg = lambda *a: (phase_G_reg(*a), snapshot())[0]
+    rec = trainer.train_step(images, labels)
+    assert "loss/density_reg" in rec and len(snapshots) == 3  # before G, after G, after the regulariser
+    before, after_G, after_reg = snapshots
+    assert any(not torch.equal(before[k], after_G[k]) for k in before)  # the G phase trains it
+    for k in after_G:
+        assert torch.equal(after_G[k], after_reg[k]), k
