@@ -143,6 +143,9 @@ def test_view_dependent_prompts():
     near = torch.tensor([44.5, 45.5, 134.5, 135.5, -44.5, -45.5, -134.5, -135.5]) * deg + half
     assert view_index(near).tolist() == [0, 1, 1, 2, 0, 1, 1, 2]
     assert view_index(torch.tensor([half + 50 * deg]), front_deg=60.0).tolist() == [0]
+    # open intervals, as threestudio's: a zero-degree front (back) cone holds no view, not even the exact frontal
+    # (rear) camera, whose azimuth is exactly 0 (180)
+    assert view_index(torch.tensor([half, half + math.pi]), front_deg=0.0, back_deg=0.0).tolist() == [1, 1]
     for turns in (1, -2, 3):  # whole turns of yaw change nothing
         assert view_index(yaws + turns * 2 * math.pi).tolist() == [0, 0, 1, 1, 2, 2]
     assert view_prompt("an elf", 1) == "an elf, side view" and view_prompt("an elf", "back") == "an elf, back view"
@@ -245,6 +248,8 @@ def test_argument_edges_and_unet_outputs():
     assert ScoreDistillation(RecordingUNet(sample_size=8), sched).resolution == 64  # no VAE: SD's factor 8
     out = sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, t_range=(1.0, 1.0))
     assert out.timesteps.tolist() == [999, 999]  # the last train timestep
+    assert sds(latents=z, prompt_embeds=cond, guidance_scale=1.0,  # both ends of [0, 1000) are valid
+               timesteps=torch.tensor([0, 999])).timesteps.tolist() == [0, 999]
     for bad in ([1000, 3], [3], [-1, 2], [1, 2, 3]):
         with pytest.raises(ValueError, match="timesteps"):
             sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor(bad))
