@@ -303,3 +303,22 @@ def test_url_with_sha256_is_downloaded_and_checked(official, tmp_path, monkeypat
         assert hub.known_checkpoints() == known_before  # lookups leave the generator registry unchanged
     finally:
         server.shutdown()
+
+
+def test_layer_and_width_edges_and_frozen_weights():
+    """The last valid tap is the last module (one past it is refused), nothing after the last tap is built; width 1 is a valid conv width; the
+    metric's backbone is frozen (no parameter of an LPIPS model requires grad) while inputs still get gradients."""
+    assert len(VGGFeatures(layers=(3, "M"), taps=(2,)).features) == 3  # conv, ReLU, pool; tap 2 = the pool
+    assert len(VGGFeatures(layers=(3, "M"), taps=(1,)).features) == 2  # modules after the last tap: not built
+    with pytest.raises(ValueError, match=r"taps must be increasing indices in \[0, 2\]"):
+        VGGFeatures(layers=(3, "M"), taps=(3,))
+    assert AlexNetFeatures(widths=(1, 1, 1, 1, 1)).channels == (1, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="5 positive conv widths"):
+        AlexNetFeatures(widths=(1, 1, 0, 1, 1))
+    backbone = VGGFeatures(layers=(3,), taps=(1,))
+    assert all(p.requires_grad for p in backbone.parameters())  # a fresh backbone trains
+    model = LPIPS(backbone, [torch.ones(3)])
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    model(x * 2 - 1, torch.zeros(1, 3, 4, 4)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
