@@ -306,8 +306,9 @@ def test_url_with_sha256_is_downloaded_and_checked(official, tmp_path, monkeypat
 
 
 def test_layer_and_width_edges_and_frozen_weights():
-    """The last valid tap is the last module (one past it is refused), nothing after the last tap is built; width 1 is a valid conv width; the
-    metric's backbone is frozen (no parameter of an LPIPS model requires grad) while inputs still get gradients."""
+    """The last valid tap is the last module (one past it is refused) and nothing after the last tap is built;
+    width 1 is a valid conv width; the metric's backbone is frozen (no parameter of an LPIPS model requires grad)
+    while inputs still get gradients."""
     assert len(VGGFeatures(layers=(3, "M"), taps=(2,)).features) == 3  # conv, ReLU, pool; tap 2 = the pool
     assert len(VGGFeatures(layers=(3, "M"), taps=(1,)).features) == 2  # modules after the last tap: not built
     with pytest.raises(ValueError, match=r"taps must be increasing indices in \[0, 2\]"):
