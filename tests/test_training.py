@@ -521,10 +521,12 @@ def test_ada_records_the_signs_of_the_real_logits_and_D_is_frozen_outside_its_ph
     assert expected_sum != 8.0  # not all positive: a sum equal to the count would not tell signs from counts
 
 
-def test_density_regulariser_phase_leaves_parameters_it_does_not_reach(tiny_G):
-    """The density regulariser's phase steps only the parameters its loss reaches: the super-resolution head (not
-    on the density path) leaves that phase bit-identical, as EG3D's Adam skips parameters whose gradient is None;
-    zeroed instead of None gradients would move them by the momentum of the generator phase."""
+def test_regulariser_phases_leave_parameters_they_do_not_reach(tiny_G):
+    """Each regulariser phase steps only the parameters its loss reaches, as EG3D's Adam skips parameters whose
+    gradient is None: the density regulariser does not reach the super-resolution head, R1 (a gradient norm w.r.t.
+    the images) does not reach D's output bias. Those leave the phase bit-identical, Adam state included; zeroed
+    instead of None gradients would move them by the momentum of the previous phase (beta1 > 0) and decay their
+    second moments."""
     from adapt3d.pipelines.finetune import default_discriminator
     from adapt3d.training.loop import Trainer
     g = torch.Generator().manual_seed(2)
@@ -536,20 +538,30 @@ def test_density_regulariser_phase_leaves_parameters_it_does_not_reach(tiny_G):
 
     DS.labels = labels
     G = copy.deepcopy(tiny_G)
-    cfg = FinetuneConfig(dataset="x", batch=2, augment="none", r1_gamma=0.0, density_reg=0.25,
+    cfg = FinetuneConfig(dataset="x", batch=2, augment="none", r1_gamma=1.0, density_reg=0.25,
                          adam_betas=(0.5, 0.99),  # beta1 > 0: Adam with a zero gradient would still move
                          neural_rendering_resolution=16, progress=False, density_reg_points=20)
     trainer = Trainer(cfg, G, default_discriminator(G), DS())
+    out_bias = trainer.D.b4.out.bias
     snapshots = []
 
     def snapshot():
-        snapshots.append({k: v.clone() for k, v in trainer.G.superresolution.state_dict().items()})
-    phase_G, phase_G_reg = trainer._phase_G, trainer._phase_G_reg
-    trainer._phase_G = lambda *a: (snapshot(), phase_G(*a), snapshot())[1]
-    trainer._phase_G_reg = lambda *a: (phase_G_reg(*a), snapshot())[0]
+        state = trainer.opt_D.state.get(out_bias, {})
+        snapshots.append(({k: v.clone() for k, v in trainer.G.superresolution.state_dict().items()},
+                          out_bias.detach().clone(), {k: torch.as_tensor(v).clone() for k, v in state.items()}))
+
+    def wrapped(phase, before=False):
+        return lambda *a: ((snapshot() if before else None), phase(*a), snapshot())[1]
+    trainer._phase_G = wrapped(trainer._phase_G, before=True)
+    trainer._phase_G_reg = wrapped(trainer._phase_G_reg)
+    trainer._phase_D = wrapped(trainer._phase_D)
+    trainer._phase_D_reg = wrapped(trainer._phase_D_reg)
     rec = trainer.train_step(images, labels)
-    assert "loss/density_reg" in rec and len(snapshots) == 3  # before G, after G, after the regulariser
-    before, after_G, after_reg = snapshots
-    assert any(not torch.equal(before[k], after_G[k]) for k in before)  # the G phase trains it
-    for k in after_G:
-        assert torch.equal(after_G[k], after_reg[k]), k
+    assert "loss/density_reg" in rec and "loss/r1_penalty" in rec and len(snapshots) == 5
+    (sr0, _, _), (sr_G, _, _), (sr_reg, _, _), (_, bias_D, state_D), (_, bias_R1, state_R1) = snapshots
+    assert any(not torch.equal(sr0[k], sr_G[k]) for k in sr0)  # the G phase trains the head
+    for k in sr_G:
+        assert torch.equal(sr_G[k], sr_reg[k]), k
+    assert state_D and torch.equal(bias_D, bias_R1)  # the D phase trained the bias; R1 leaves it
+    for k in state_D:
+        assert torch.equal(state_D[k], state_R1[k]), k
