@@ -253,6 +253,12 @@ def test_argument_edges_and_unet_outputs():
     for bad in ([1000, 3], [3], [-1, 2], [1, 2, 3]):
         with pytest.raises(ValueError, match="timesteps"):
             sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor(bad))
+    for bad_prompts in ([], ["an elf", 3], [3]):
+        with pytest.raises(ValueError, match="prompt: expected a string or a non-empty list of strings"):
+            ScoreDistillation(StubUNet(), sched, torch.nn.Identity(), object()).encode_prompt(bad_prompts)
+    for encoder, tokenizer in ((None, object()), (torch.nn.Identity(), None), (None, None)):  # either one missing
+        with pytest.raises(ValueError, match="no text encoder/tokenizer; pass prompt_embeds"):
+            ScoreDistillation(StubUNet(), sched, encoder, tokenizer).encode_prompt("an elf")
     for bad_images in (torch.zeros(2, 4, 8, 8), torch.zeros(2, 3, 8)):
         with pytest.raises(ValueError, match="images: expected"):
             sds(bad_images, prompt_embeds=cond, guidance_scale=1.0)
