@@ -35,6 +35,7 @@ from adapt3d.cameras import (
     orbit_trajectory,
     pitch_to_elevation,
     project_points,
+    warp_label,
     world_to_camera,
     yaw_sweep,
 )
@@ -328,6 +329,15 @@ def test_sampler_config_edges_and_defaults():
     focal = poses.labels(2.7, (0, 0, 0.2), 18.837)[0, 16].item()
     assert focal == pytest.approx(1 / (math.tan(18.837 * 3.14159 / 360) * 1.414), rel=1e-6)  # EG3D's literals
     assert focal != pytest.approx(1 / (math.tan(math.radians(18.837) / 2) * math.sqrt(2)), rel=1e-6)
+
+
+def test_warp_label_needs_an_invertible_orientation_preserving_map():
+    """A singular 2x2 part (determinant 0: the image collapses to a line) has no camera; refused like a mirror."""
+    label = camera_label(torch.tensor([1.4]), torch.tensor([1.5]), radius=2.7, pivot=(0, 0, 0.2), fov_deg=18.837)
+    for A in ([[1.0, 0.0], [0.0, 0.0]], [[1.0, 2.0], [0.5, 1.0]], [[-1.0, 0.0], [0.0, 1.0]]):
+        matrix = torch.cat([torch.tensor(A, dtype=F64), torch.zeros(2, 1, dtype=F64)], 1)[None]  # (1, 2, 3)
+        with pytest.raises(ValueError, match="needs a positive determinant"):
+            warp_label(label.double(), matrix)
 
 
 def test_trajectories():
