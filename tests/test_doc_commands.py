@@ -14,7 +14,8 @@ imports executed and every ``<Job>Config(name=...)`` keyword checked against the
 
 Conventions (docs/testing.md): a trailing ``...`` / ``…`` means "further options" and is dropped; ``<command>``
 in the command position stands for every command (each must accept the rest, e.g. ``--help``); an inline span of
-just ``adapt3d <command>`` names the command (it must exist). Any other ``...`` is an error: write a concrete value.
+just ``adapt3d <command>`` names the command (it must exist); a span whose command word ends in a colon is a message
+the CLI prints (``adapt3d render: error: ...``), not a command. Any other ``...`` is an error: write a concrete value.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def extract_commands(text: str, name: str) -> list[DocCommand]:
             joined = ""
     for m in re.finditer(r"(?<!`)`([^`]+)`(?!`)", outside):
         span = m.group(1).replace("\n", " ")
+        if re.match(r"^\s*adapt3d\s+\S+:(\s|$)", span):  # a printed message: `adapt3d render: error: ...`
+            continue
         if re.match(r"^\s*(adapt3d\s|python3?\s+-m\s+adapt3d|torchrun\s|(python3?\s+)?(\./)?bench/\w+\.py)", span):
             line_no = outside.count("\n", 0, m.start()) + 1
             commands += _commands_in(span, f"{name}:{line_no}", inline=True)
@@ -363,7 +366,8 @@ def test_checker_rejects_wrong_docs(doc, needle):
 def test_checker_accepts_conventions_and_rejects_bad_python():
     doc = ("```bash\npip install -e . && pytest   # not ours\nadapt3d <command> --help\n"
            "adapt3d render --checkpoint ffhq ...   # more options\n```\n"
-           "Pattern: `python -m adapt3d <command> …`; see `adapt3d invert`.")
+           "Pattern: `python -m adapt3d <command> …`; see `adapt3d invert`;\n"
+           "it prints `adapt3d <command>: error: ...`.")
     cmds = extract_commands(doc, "fake.md")
     assert [c.argv[0] for c in cmds] == ["<command>", "render", "<command>", "invert"]
     for c in cmds:
