@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
