@@ -18,7 +18,7 @@ import pytest
 
 from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.models.triplane import build_generator
-from adapt3d.pipelines.studio import StudioConfig, build_server
+from adapt3d.studio.command import StudioConfig, build_server
 from conftest import require_browser
 
 REPO = Path(__file__).resolve().parents[1]
