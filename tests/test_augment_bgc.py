@@ -74,7 +74,10 @@ def test_filtered_warp_follows_the_same_map_on_a_smooth_image():
 
 
 @pytest.mark.parametrize("M", [affine(theta=0.7), affine(sx=1.3, sy=1.3), affine(tx=0.1, ty=-0.2),
-                               affine(theta=-2.0, sx=1.25, sy=0.8, tx=0.05), affine(theta=math.pi / 2)])
+                               affine(theta=-2.0, sx=1.25, sy=0.8, tx=0.05), affine(theta=math.pi / 2),
+                               # scaling after rotation: the new camera needs a skew
+                               torch.diag(torch.tensor([1.3, 0.8, 1.0], dtype=torch.float64))[None, :2, :2]
+                               @ affine(theta=0.5, tx=0.02, ty=-0.03)])
 def test_warped_label_gives_every_pixel_the_ray_it_reads(M):
     lab = labels()
     new = warp_label(lab.double(), M.expand(len(lab), -1, -1))

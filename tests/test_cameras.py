@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,9 +35,11 @@ from adapt3d.cameras import (
     orbit_trajectory,
     pitch_to_elevation,
     project_points,
+    warp_label,
     world_to_camera,
     yaw_sweep,
 )
+from conftest import fixture_path
 
 F64 = torch.float64
 HALF_PI = math.pi / 2
@@ -157,6 +157,9 @@ def test_orbit_angles_round_trip():
     pitch = torch.tensor([0.2, HALF_PI, 2.9, 1.0], dtype=F64)
     y, p, r = orbit_angles(orbit_camera(yaw, pitch, radius=1.7, pivot=(0, 0, 0)))
     assert torch.allclose(y, yaw) and torch.allclose(p, pitch) and torch.allclose(r, torch.full_like(r, 1.7))
+    for bad in (torch.eye(4), torch.zeros(2, 3, 4), torch.zeros(2, 4, 3)):  # one wrong dimension is enough
+        with pytest.raises(ValueError, match=r"cam2world must have shape \(B, 4, 4\)"):
+            orbit_angles(bad)
 
 
 def test_look_at_matches_orbit_and_rejects_vertical():
@@ -302,6 +305,41 @@ def test_make_pose_sampler_errors():
         FixedPoseSampler().sample(0)
 
 
+def test_sampler_config_edges_and_defaults():
+    """Range/shape errors name the bad entry; configs are immutable; the uniform default range is the sinusoidal
+    sampler's envelope (its extremes over every index); PoseBatch.labels defaults to EG3D's rounded pi, sqrt 2."""
+    import dataclasses
+    for bad, which in (((float("nan"), 1.0), r"yaw_range\[0\]"), ((0.0, float("inf")), r"yaw_range\[1\]")):
+        with pytest.raises(ValueError, match=which + " must be a finite number"):
+            UniformPoseSamplerConfig(yaw_range=bad)
+    for bad in (torch.zeros(2, 1), [0.0, 1.0]):
+        with pytest.raises(ValueError, match="PoseBatch.yaw must be a 1-D tensor"):
+            PoseBatch(bad, torch.zeros(2))
+    from adapt3d.cameras.samplers import POSE_SAMPLERS
+    for _, config_cls in POSE_SAMPLERS.values():
+        config = config_cls()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, dataclasses.fields(config)[0].name, 1.0)
+    every = torch.arange(240)
+    envelope = SinusoidalPoseSampler().poses_from_indices(every, every)
+    default = UniformPoseSamplerConfig()
+    assert default.yaw_range == pytest.approx((envelope.yaw.min().item(), envelope.yaw.max().item()), abs=1e-6)
+    assert default.pitch_range == pytest.approx((envelope.pitch.min().item(), envelope.pitch.max().item()), abs=1e-6)
+    poses = PoseBatch(torch.tensor([1.2]), torch.tensor([1.4]))
+    focal = poses.labels(2.7, (0, 0, 0.2), 18.837)[0, 16].item()
+    assert focal == pytest.approx(1 / (math.tan(18.837 * 3.14159 / 360) * 1.414), rel=1e-6)  # EG3D's literals
+    assert focal != pytest.approx(1 / (math.tan(math.radians(18.837) / 2) * math.sqrt(2)), rel=1e-6)
+
+
+def test_warp_label_needs_an_invertible_orientation_preserving_map():
+    """A singular 2x2 part (determinant 0: the image collapses to a line) has no camera; refused like a mirror."""
+    label = camera_label(torch.tensor([1.4]), torch.tensor([1.5]), radius=2.7, pivot=(0, 0, 0.2), fov_deg=18.837)
+    for A in ([[1.0, 0.0], [0.0, 0.0]], [[1.0, 2.0], [0.5, 1.0]], [[-1.0, 0.0], [0.0, 1.0]]):
+        matrix = torch.cat([torch.tensor(A, dtype=F64), torch.zeros(2, 1, dtype=F64)], 1)[None]  # (1, 2, 3)
+        with pytest.raises(ValueError, match="needs a positive determinant"):
+            warp_label(label.double(), matrix)
+
+
 def test_trajectories():
     orbit = orbit_trajectory(240)
     assert len(orbit) == 240
@@ -322,7 +360,6 @@ def test_trajectories():
 
 # ---------------------------------------------------------------- golden: the official EG3D implementation
 
-SHARED = Path(os.environ.get("ADAPT3D_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 # The reference files store only the config name; avg_camera_radius / avg_camera_pivot are the rendering_kwargs of
 # the train.py configs (eg3d-facts.md §1.4): ffhq 2.7 / [0, 0, 0.2], shapenet 1.7 / [0, 0, 0].
 GOLDEN = {
@@ -333,10 +370,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_labels_match_official_eg3d(name):
-    path = SHARED / "fixtures" / "eg3d" / f"{name}.reference.pt"
-    if not path.is_file():
-        pytest.skip(f"EG3D reference fixture not found at {path} (set ADAPT3D_SHARED_DIR)")
-    ref = torch.load(path, weights_only=True)
+    ref = torch.load(fixture_path(f"{name}.reference.pt"), weights_only=True)
     assert ref["config"] == name
     fov = ref["fov_deg"]
     for sample in ref["samples"]:

@@ -99,6 +99,9 @@ def test_multi_model_loss_is_the_weighted_sum():
     assert float(only_a.directional(train, frozen).loss) == pytest.approx(la)
     with pytest.raises(ValueError, match="--clip-model-weights"):
         CLIPDirectionalLoss([a], [1.0, 1.0], "photo", "sketch", templates)
+    for bad in ([0.0, 0.0], [1.0, -0.5]):  # all zero: nothing to follow; negative: pushes away from the prompt
+        with pytest.raises(ValueError, match=r"--clip-model-weights: weights must be >= 0 with at least one > 0"):
+            CLIPDirectionalLoss([a, b], bad, "photo", "sketch", templates)
     with pytest.raises(ValueError, match="--source-text"):
         CLIPDirectionalLoss([a], [1.0], "photo", "photo", templates)
 

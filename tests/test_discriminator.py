@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +17,8 @@ from adapt3d.models.discriminator import (
     discriminator_config_from_official,
     filtered_resizing,
 )
+from conftest import fixture_path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ADAPT3D_SHARED_DIR", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "eg3d"
 
 SMALL = dict(c_dim=25, img_resolution=64, img_channels=3, channel_base=1024, channel_max=64)
 
@@ -39,9 +35,7 @@ def _inputs(n: int = 4, res: int = 64, raw: int = 32, c_dim: int = 25, seed: int
 
 @pytest.mark.parametrize("name", ["ffhq512_tiny", "shapenet128_tiny"])
 def test_matches_official_outputs(name: str) -> None:
-    pkl, ref_path = FIXTURES / f"{name}.pkl", FIXTURES / f"{name}.reference.pt"
-    if not pkl.is_file() or not ref_path.is_file():
-        pytest.skip(f"fixture {pkl} not available")
+    pkl, ref_path = fixture_path(f"{name}.pkl"), fixture_path(f"{name}.reference.pt")
     from adapt3d.models.eg3d_pickle import load_eg3d_pickle
 
     rec = load_eg3d_pickle(pkl).D

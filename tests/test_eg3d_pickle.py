@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import random
 import struct
@@ -23,28 +22,21 @@ from adapt3d.models.eg3d_pickle import (
     is_forbidden_module,
     load_eg3d_pickle,
 )
+from conftest import fixture_path
 
 try:
     from . import malicious_pickles as mp
 except ImportError:
     import malicious_pickles as mp
 
-_SHARED = os.environ.get("ADAPT3D_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = Path(_SHARED) / "fixtures" / "eg3d"
-FFHQ = FIXTURES / "ffhq512_tiny.pkl"
-SHAPENET = FIXTURES / "shapenet128_tiny.pkl"
-needs_fixtures = pytest.mark.skipif(not FFHQ.is_file() or not SHAPENET.is_file(),
-                                    reason=f"EG3D fixtures not found in {FIXTURES} (set ADAPT3D_SHARED_DIR)")
-
-
 @pytest.fixture(scope="module")
 def ffhq() -> EG3DPickle:
-    return load_eg3d_pickle(FFHQ)
+    return load_eg3d_pickle(fixture_path("ffhq512_tiny.pkl"))
 
 
 @pytest.fixture(scope="module")
 def shapenet() -> EG3DPickle:
-    return load_eg3d_pickle(SHAPENET)
+    return load_eg3d_pickle(fixture_path("shapenet128_tiny.pkl"))
 
 
 # --------------------------------------------------------------------------- expected names (facts, Appendix A/B)
@@ -106,9 +98,8 @@ def _assert_plain(value) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@needs_fixtures
 def test_ffhq_fixture_structure(ffhq: EG3DPickle) -> None:
-    assert ffhq.path == FFHQ and ffhq.augment_pipe is None and ffhq.notes == []
+    assert ffhq.path == fixture_path("ffhq512_tiny.pkl") and ffhq.augment_pipe is None and ffhq.notes == []
     for key in ("G", "G_ema"):
         rec = getattr(ffhq, key)
         assert isinstance(rec, NetworkRecord) and rec.class_name == "TriPlaneGenerator"
@@ -138,7 +129,6 @@ def test_ffhq_fixture_structure(ffhq: EG3DPickle) -> None:
     assert all(ffhq.G.state_dict[k].shape == v.shape for k, v in ffhq.G_ema.state_dict.items())
 
 
-@needs_fixtures
 def test_shapenet_fixture_structure(shapenet: EG3DPickle) -> None:
     g = shapenet.G_ema
     assert list(g.state_dict) == expected_generator_names(sr_resample_filter=True) and g.num_tensors == 178
@@ -153,7 +143,6 @@ def test_shapenet_fixture_structure(shapenet: EG3DPickle) -> None:
     assert any("augment_pipe" in n and "ignored" in n for n in shapenet.notes)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("which", ["ffhq", "shapenet"])
 def test_values_are_plain_python(which: str, request) -> None:
     pkl = request.getfixturevalue(which)
@@ -167,9 +156,8 @@ def test_values_are_plain_python(which: str, request) -> None:
     assert "TriPlaneGenerator" in text and "DualDiscriminator" in text and str(pkl.path) in text
 
 
-@needs_fixtures
 def test_loading_imports_nothing_from_the_pickle(ffhq: EG3DPickle) -> None:
-    load_eg3d_pickle(SHAPENET)
+    load_eg3d_pickle(fixture_path("shapenet128_tiny.pkl"))
     assert [m for m in sys.modules if is_forbidden_module(m)] == []
 
 
@@ -253,9 +241,8 @@ def test_missing_file(tmp_path: Path) -> None:
         load_eg3d_pickle(tmp_path)
 
 
-@needs_fixtures
 def test_truncated_file(tmp_path: Path) -> None:
-    data = FFHQ.read_bytes()
+    data = fixture_path("ffhq512_tiny.pkl").read_bytes()
     path = tmp_path / "half.pkl"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(EG3DCheckpointError, match="truncated") as exc:

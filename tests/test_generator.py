@@ -13,9 +13,8 @@ from adapt3d.models import ops
 from adapt3d.models.triplane import (PRESETS, OSGDecoder, SynthesisOutput, TriPlaneGeneratorConfig, build_generator,
                                      preset_config)
 from adapt3d.rendering.renderer import RenderingConfig
-from conftest import shared_dir
+from conftest import shared_path
 
-FACTS = shared_dir() / "docs" / "eg3d-facts.md"
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +316,7 @@ def test_gradients_reach_ws_and_parameters(G, noise_mode):
 
 
 def _appendix_a():
-    text = FACTS.read_text() if FACTS.is_file() else pytest.skip(f"{FACTS} is missing")
+    text = shared_path("docs/eg3d-facts.md", "EG3D facts").read_text()
     section = text.split("## Appendix A", 1)[1].split("## Appendix B", 1)[0]
     rows = re.findall(r"^(\S+) \[([0-9, ]*)\] float32$", section, flags=re.M)
     return [(name, tuple(int(v) for v in dims.split(",") if v.strip())) for name, dims in rows]

@@ -23,10 +23,9 @@ from adapt3d.models.hub import (
     resolve_checkpoint,
     unregister_checkpoint,
 )
+from conftest import FIXTURES
 
-_SHARED = os.environ.get("ADAPT3D_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = Path(_SHARED) / "fixtures" / "eg3d"
-FIXTURE = FIXTURES / "shapenet128_tiny.pkl"
+FIXTURE = FIXTURES / "shapenet128_tiny.pkl"  # used when present; the test falls back to synthetic bytes
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -16,11 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from adapt3d.metrics.lpips import (
-    ALEXNET_TAPS,
     LPIPS,
-    LPIPS_SCALE,
-    LPIPS_SHIFT,
-    VGG16_TAPS,
     AlexNetFeatures,
     LPIPSWeightsNotFoundError,
     VGGFeatures,
@@ -33,10 +29,16 @@ from adapt3d.models.hub import ChecksumMismatchError
 CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
          17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}
 WIDTHS = (64, 128, 256, 512, 512)
+TAPS = (3, 8, 15, 22, 29)  # ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3 (LPIPS' vgg16 slices)
+# The input normalisation of LPIPS (richzhang/PerceptualSimilarity, lpips/pretrained_networks ScalingLayer), written
+# here, not imported from the code under test: x' = (x - SHIFT) / SCALE for x in [-1, 1].
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
 # torchvision AlexNet "features" conv indices: (in, out, kernel, stride, padding); LPIPS-alex head widths.
 ALEX_CONVS = {0: (3, 64, 11, 4, 2), 3: (64, 192, 5, 1, 2), 6: (192, 384, 3, 1, 1), 8: (384, 256, 3, 1, 1),
               10: (256, 256, 3, 1, 1)}
 ALEX_WIDTHS = (64, 192, 384, 256, 256)
+ALEX_TAPS = (1, 4, 7, 9, 11)  # the ReLUs after conv1 ... conv5
 
 
 def _write_official_files(folder: Path) -> tuple[Path, Path, dict, dict]:
@@ -91,8 +93,8 @@ def official_alex(tmp_path_factory):
 def _reference_lpips_alex(x: torch.Tensor, y: torch.Tensor, alex: dict, heads: dict) -> torch.Tensor:
     """An independent LPIPS-alex: functional convs from the state dict, taps after the ReLUs of conv1 ... conv5
     (max-pool 3/2 after relu1 and relu2), written from the lpips package's definition."""
-    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)
-    scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(SCALE).view(1, 3, 1, 1)
 
     def feats(img):
         h = (img - shift) / scale
@@ -113,8 +115,8 @@ def _reference_lpips_alex(x: torch.Tensor, y: torch.Tensor, alex: dict, heads: d
 
 def _reference_lpips(x: torch.Tensor, y: torch.Tensor, vgg: dict, heads: dict) -> torch.Tensor:
     """An independent LPIPS: functional convs straight from the state dict, taps after conv1_2 ... conv5_3."""
-    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)
-    scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    shift = torch.tensor(SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(SCALE).view(1, 3, 1, 1)
 
     def feats(img):
         h = (img - shift) / scale
@@ -137,8 +139,8 @@ def test_vgg16_layout_matches_torchvision_indices():
     net = VGGFeatures()
     convs = {i: (m.in_channels, m.out_channels) for i, m in enumerate(net.features) if isinstance(m, torch.nn.Conv2d)}
     assert convs == CONVS
-    assert net.taps == VGG16_TAPS and net.channels == WIDTHS
-    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in VGG16_TAPS)
+    assert net.taps == TAPS and net.channels == WIDTHS
+    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in TAPS)
 
 
 def test_official_files_load_and_match_reference(official):
@@ -162,8 +164,8 @@ def test_alexnet_layout_matches_torchvision_indices():
     convs = {i: (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
              for i, m in enumerate(net.features) if isinstance(m, torch.nn.Conv2d)}
     assert convs == ALEX_CONVS
-    assert net.taps == ALEXNET_TAPS and net.channels == ALEX_WIDTHS and len(net.features) == 12
-    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in ALEXNET_TAPS)
+    assert net.taps == ALEX_TAPS and net.channels == ALEX_WIDTHS and len(net.features) == 12
+    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in ALEX_TAPS)
     assert [type(net.features[i]).__name__ for i in (2, 5)] == ["MaxPool2d", "MaxPool2d"]
     classifier = (9216 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
     assert sum(p.numel() for p in net.parameters()) == 61_100_840 - classifier  # torchvision's published count
@@ -212,30 +214,29 @@ def test_published_heads_checksum_is_enforced(official_alex, tmp_path, monkeypat
 
 
 def test_hand_computed_one_layer_lpips():
-    """1 conv (3 -> 2 channels, centre tap picks R and G), ReLU, one head; a 1 x 2 image pair."""
-    backbone = VGGFeatures(layers=(2,), taps=(1,))
+    """1 conv (3 -> 3 channels, centre tap copies R, G, B), ReLU, one head; a 1 x 2 image pair. Every channel's
+    shift and scale matter (a sign or channel-order error in the normalisation changes the distance)."""
+    backbone = VGGFeatures(layers=(3,), taps=(1,))
     with torch.no_grad():
         conv = backbone.features[0]
         conv.weight.zero_()
         conv.bias.zero_()
-        conv.weight[0, 0, 1, 1] = 1.0  # channel 0 <- R
-        conv.weight[1, 1, 1, 1] = 1.0  # channel 1 <- G
-    w = (0.7, 0.2)
+        for c in range(3):
+            conv.weight[c, c, 1, 1] = 1.0  # channel c <- input channel c
+    w = (0.7, 0.2, 0.4)
     model = LPIPS(backbone, [torch.tensor(w)])
-    x = torch.tensor([[[[0.5, -0.2]], [[0.1, 0.4]], [[0.0, 0.0]]]])  # (1, 3, 1, 2)
-    y = torch.tensor([[[[0.2, 0.3]], [[0.6, -0.05]], [[0.9, -0.9]]]])
+    x = torch.tensor([[[[0.5, -0.2]], [[0.1, 0.4]], [[0.3, 0.0]]]])  # (1, 3, 1, 2)
+    y = torch.tensor([[[[0.2, 0.3]], [[0.6, -0.05]], [[0.9, -0.1]]]])
 
-    def unit(r, g):
-        a = ((r - LPIPS_SHIFT[0]) / LPIPS_SCALE[0], (g - LPIPS_SHIFT[1]) / LPIPS_SCALE[1])
-        a = (max(a[0], 0.0), max(a[1], 0.0))
-        n = math.hypot(*a) + 1e-10
-        return a[0] / n, a[1] / n
+    def unit(rgb):
+        a = [max((v - SHIFT[c]) / SCALE[c], 0.0) for c, v in enumerate(rgb)]  # normalise, ReLU
+        n = math.sqrt(sum(v * v for v in a)) + 1e-10
+        return [v / n for v in a]
 
     expected = 0.0
     for p in range(2):
-        ax = unit(float(x[0, 0, 0, p]), float(x[0, 1, 0, p]))
-        ay = unit(float(y[0, 0, 0, p]), float(y[0, 1, 0, p]))
-        expected += (w[0] * (ax[0] - ay[0]) ** 2 + w[1] * (ax[1] - ay[1]) ** 2) / 2  # spatial mean of 2 pixels
+        ax, ay = unit(x[0, :, 0, p].tolist()), unit(y[0, :, 0, p].tolist())
+        expected += sum(w[c] * (ax[c] - ay[c]) ** 2 for c in range(3)) / 2  # spatial mean of 2 pixels
     assert model(x, y).item() == pytest.approx(expected, rel=1e-5)
     assert model(x, y).item() > 0.01
 
@@ -302,3 +303,23 @@ def test_url_with_sha256_is_downloaded_and_checked(official, tmp_path, monkeypat
         assert hub.known_checkpoints() == known_before  # lookups leave the generator registry unchanged
     finally:
         server.shutdown()
+
+
+def test_layer_and_width_edges_and_frozen_weights():
+    """The last valid tap is the last module (one past it is refused) and nothing after the last tap is built;
+    width 1 is a valid conv width; the metric's backbone is frozen (no parameter of an LPIPS model requires grad)
+    while inputs still get gradients."""
+    assert len(VGGFeatures(layers=(3, "M"), taps=(2,)).features) == 3  # conv, ReLU, pool; tap 2 = the pool
+    assert len(VGGFeatures(layers=(3, "M"), taps=(1,)).features) == 2  # modules after the last tap: not built
+    with pytest.raises(ValueError, match=r"taps must be increasing indices in \[0, 2\]"):
+        VGGFeatures(layers=(3, "M"), taps=(3,))
+    assert AlexNetFeatures(widths=(1, 1, 1, 1, 1)).channels == (1, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="5 positive conv widths"):
+        AlexNetFeatures(widths=(1, 1, 0, 1, 1))
+    backbone = VGGFeatures(layers=(3,), taps=(1,))
+    assert all(p.requires_grad for p in backbone.parameters())  # a fresh backbone trains
+    model = LPIPS(backbone, [torch.ones(3)])
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    model(x * 2 - 1, torch.zeros(1, 3, 4, 4)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

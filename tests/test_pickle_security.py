@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -26,15 +25,13 @@ from adapt3d.models.eg3d_pickle import (
     is_forbidden_module,
     load_eg3d_pickle,
 )
+from conftest import fixture_path
 
 try:
     from . import malicious_pickles as mp
 except ImportError:
     import malicious_pickles as mp
 
-_SHARED = os.environ.get("ADAPT3D_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = Path(_SHARED) / "fixtures" / "eg3d"
-FIXTURE = FIXTURES / "ffhq512_tiny.pkl"
 
 # payload -> (expected exception, text the message must contain)
 EXPECTED: dict[str, tuple[type[Exception], str]] = {
@@ -215,12 +212,12 @@ def test_control_payloads_are_live_under_an_unrestricted_unpickler(name: str, tm
     assert marker.exists()
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="EG3D fixture not available")
 def test_legit_fixture_creates_no_file_and_imports_no_official_module(tmp_path: Path) -> None:
+    fixture = fixture_path("ffhq512_tiny.pkl")
     script = textwrap.dedent(f"""
         import json, sys
         from adapt3d.models.eg3d_pickle import load_eg3d_pickle
-        pkl = load_eg3d_pickle({str(FIXTURE)!r})
+        pkl = load_eg3d_pickle({str(fixture)!r})
         bad = [m for m in sys.modules if m.split(".")[0] in ("training", "torch_utils", "dnnlib")
                or m.startswith("_imported_module_")]
         print(json.dumps({{"bad": bad, "n": len(pkl.G_ema.state_dict)}}))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from adapt3d.diffusion.sds import ScoreDistillation, sds_weights, timestep_range, view_index, view_prompt
+from adapt3d.diffusion.sds import (ScoreDistillation, check_sds_args, sds_weights, timestep_range, view_index,
+                                  view_prompt)
 from adapt3d.diffusion.tiny_models import make_tiny_stable_diffusion
 
 
@@ -120,6 +121,8 @@ def test_weights_and_timestep_annealing():
     torch.testing.assert_close(sds_weights(a, "sds"), torch.tensor([0.75, 0.0]))
     torch.testing.assert_close(sds_weights(a, "fantasia3d"), torch.tensor([0.375, 0.0]))
     assert timestep_range(5, 10, (0.02, 0.98), "none") == (0.02, 0.98)
+    assert timestep_range(5, 10) == (0.02, 0.98)  # threestudio's default range
+    check_sds_args()  # the defaults are valid (guidance 100, t in [0.02, 0.98], 'sds' weighting)
     lo, hi = timestep_range(5, 10, (0.02, 0.98), "linear", t_max_final=0.5)
     assert lo == 0.02 and hi == pytest.approx(0.74)
     assert timestep_range(10, 10, (0.02, 0.98), "linear", 0.5)[1] == pytest.approx(0.5)
@@ -135,6 +138,16 @@ def test_view_dependent_prompts():
     half = math.pi / 2
     yaws = torch.tensor([half, half + 0.5, half - 0.9, half + 1.2, half + math.pi, half - 2.5])
     assert view_index(yaws).tolist() == [0, 0, 1, 1, 2, 2]
+    # threestudio's default boundaries: front below 45 deg of azimuth, back above 135 deg, either side of frontal.
+    deg = math.pi / 180
+    near = torch.tensor([44.5, 45.5, 134.5, 135.5, -44.5, -45.5, -134.5, -135.5]) * deg + half
+    assert view_index(near).tolist() == [0, 1, 1, 2, 0, 1, 1, 2]
+    assert view_index(torch.tensor([half + 50 * deg]), front_deg=60.0).tolist() == [0]
+    # open intervals, as threestudio's: a zero-degree front (back) cone holds no view, not even the exact frontal
+    # (rear) camera, whose azimuth is exactly 0 (180)
+    assert view_index(torch.tensor([half, half + math.pi]), front_deg=0.0, back_deg=0.0).tolist() == [1, 1]
+    for turns in (1, -2, 3):  # whole turns of yaw change nothing
+        assert view_index(yaws + turns * 2 * math.pi).tolist() == [0, 0, 1, 1, 2, 2]
     assert view_prompt("an elf", 1) == "an elf, side view" and view_prompt("an elf", "back") == "an elf, back view"
 
 
@@ -157,6 +170,124 @@ def test_errors_name_the_argument():
         sds(torch.zeros(2, 3, 8, 8), prompt_embeds=cond, negative_prompt_embeds=uncond)
 
 
+class RecordingUNet(StubUNet):
+    """StubUNet with a ``config.sample_size`` (latent size) that keeps the latents it was called with."""
+
+    def __init__(self, sample_size: int):
+        super().__init__()
+        self.config = SimpleNamespace(sample_size=sample_size)
+        self.inputs = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.inputs.append(x.detach().clone())
+        return super().forward(x, t, encoder_hidden_states)
+
+
+def _tiny_vae(scaling_factor: float, deterministic: bool, levels: int = 2):
+    """A ``levels``-level AutoencoderKL (2: 16 px images -> 8 x 8 latents) with the given ``scaling_factor``.
+    ``deterministic`` sets the posterior log-variance to -30 (std 3e-7), so a sample equals the mean to 1e-6."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(5)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16)[:levels],
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, norm_num_groups=8, sample_size=16,
+                        scaling_factor=scaling_factor).eval()
+    if deterministic:
+        with torch.no_grad():
+            vae.quant_conv.weight[4:] = 0
+            vae.quant_conv.bias[4:] = -30.0  # channels 4..7 of the moments are the log-variance
+    return vae
+
+
+def test_image_latents_are_vae_latents_times_the_vae_scaling_factor():
+    """The latents SDS noises and sends to the UNet are E(x) * the VAE's own scaling_factor (0.37 here: neither 1
+    nor SD's 0.18215, read from the VAE's config), and z_t = sqrt(a_t) z + sqrt(1 - a_t) eps."""
+    vae = _tiny_vae(0.37, deterministic=True)
+    scaling = vae.config.scaling_factor
+    assert scaling == 0.37
+    sched, unet = _scheduler(), RecordingUNet(sample_size=8)
+    sds = ScoreDistillation(unet, sched, vae=vae)
+    assert sds.resolution == 16
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([100, 700])
+    out = sds(images=images, prompt_embeds=cond, guidance_scale=1.0, timesteps=t,
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = vae.encode(images).latent_dist.mean * scaling  # (2, 4, 8, 8)
+    torch.testing.assert_close(out.latents.detach(), expected, rtol=0, atol=1e-5)
+    a = sched.alphas_cumprod[t].view(2, 1, 1, 1)
+    (x_in,) = unet.inputs
+    torch.testing.assert_close(x_in, a.sqrt() * expected + (1 - a).sqrt() * out.noise, rtol=0, atol=1e-5)
+    # Larger renders are first resized to the teacher's resolution (bilinear, antialiased when shrinking).
+    big = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    out = sds(images=big, prompt_embeds=cond, guidance_scale=1.0, timesteps=t)
+    small = torch.nn.functional.interpolate(big, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = vae.encode(small).latent_dist.mean * scaling
+    torch.testing.assert_close(out.latents.detach(), expected, rtol=0, atol=1e-5)
+
+
+def test_resolution_follows_the_vae_depth():
+    """SD's VAE halves the size at each of its levels after the first: 4 levels -> 8x (2 ** 3, not 2 * 3)."""
+    sds = ScoreDistillation(RecordingUNet(sample_size=8), _scheduler(), vae=_tiny_vae(0.37, False, levels=4),
+                            device="cpu")
+    assert sds.vae_scale_factor == 8 and sds.resolution == 64
+
+
+def test_argument_edges_and_unet_outputs():
+    sched = _scheduler()
+    sds = ScoreDistillation(StubUNet(), sched)
+    z, cond, _ = _case(2)
+    check_sds_args(t_range=(0.0, 1.0), t_max_final=1.0)
+    check_sds_args(t_max_final=0.0)
+    with pytest.raises(ValueError, match="t-max-final"):
+        check_sds_args(t_max_final=1.5)
+    with pytest.raises(ValueError, match="t-range"):
+        check_sds_args(t_range=(0.5, 1.5))
+    assert ScoreDistillation(RecordingUNet(sample_size=8), sched).resolution == 64  # no VAE: SD's factor 8
+    z32, cond32, _ = _case(32)
+    out = sds(latents=z32, prompt_embeds=cond32, guidance_scale=1.0, t_range=(1.0, 1.0),
+              generator=torch.Generator().manual_seed(0))
+    assert out.timesteps.tolist() == [999] * 32  # the last train timestep, never one past it
+    assert sds(latents=z, prompt_embeds=cond, guidance_scale=1.0,  # both ends of [0, 1000) are valid
+               timesteps=torch.tensor([0, 999])).timesteps.tolist() == [0, 999]
+    for bad in ([1000, 3], [3], [-1, 2], [1, 2, 3]):
+        with pytest.raises(ValueError, match="timesteps"):
+            sds(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor(bad))
+    for bad_prompts in ([], ["an elf", 3], [3]):
+        with pytest.raises(ValueError, match="prompt: expected a string or a non-empty list of strings"):
+            ScoreDistillation(StubUNet(), sched, torch.nn.Identity(), object()).encode_prompt(bad_prompts)
+    for encoder, tokenizer in ((None, object()), (torch.nn.Identity(), None), (None, None)):  # either one missing
+        with pytest.raises(ValueError, match="no text encoder/tokenizer; pass prompt_embeds"):
+            ScoreDistillation(StubUNet(), sched, encoder, tokenizer).encode_prompt("an elf")
+    for bad_images in (torch.zeros(2, 4, 8, 8), torch.zeros(2, 3, 8)):
+        with pytest.raises(ValueError, match="images: expected"):
+            sds(bad_images, prompt_embeds=cond, guidance_scale=1.0)
+
+    class TupleUNet(StubUNet):  # return_dict=False style: the prediction is the first element
+        def forward(self, x, t, encoder_hidden_states):
+            return (super().forward(x, t, encoder_hidden_states).sample, "not the prediction")
+    kwargs = dict(latents=z, prompt_embeds=cond, guidance_scale=1.0, timesteps=torch.tensor([10, 600]),
+                  generator=torch.Generator().manual_seed(0))
+    a = ScoreDistillation(TupleUNet(), sched)(**kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    assert torch.equal(a.grad, sds(**kwargs).grad)
+
+
+def test_image_latents_are_a_posterior_sample():
+    """With a real posterior spread, latents / scaling_factor = mean + std * eps with eps ~ N(0, 1)."""
+    vae = _tiny_vae(0.37, deterministic=False)
+    sds = ScoreDistillation(RecordingUNet(sample_size=8), _scheduler(), vae=vae)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    out = sds(images=images, prompt_embeds=torch.zeros(1, 5, 6), guidance_scale=1.0,
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        post = vae.encode(images).latent_dist
+    u = (out.latents.detach() / vae.config.scaling_factor - post.mean) / post.std  # 1024 standard normals
+    assert abs(float(u.mean())) < 0.15 and 0.9 < float(u.std()) < 1.1
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     return make_tiny_stable_diffusion(tmp_path_factory.getbasetemp() / "tiny-models" / "stable-diffusion")
@@ -168,6 +299,7 @@ def test_tiny_stable_diffusion_sends_gradient_to_the_images(tiny_sd):
     emb = sds.encode_prompt(["a zombie, front view", "an elf"])
     assert emb.shape == (2, 77, 32)
     assert torch.equal(sds.encode_prompt("an elf")[0], emb[1])  # cached, same values
+    assert sds.encode_prompt(" ".join(["zombie"] * 100)).shape == (1, 77, 32)  # truncated to 77 tokens
     uncond = sds.encode_prompt("")
     images = (torch.rand(2, 3, 48, 48) * 2 - 1).requires_grad_(True)  # resized to 64 inside
     runs = []

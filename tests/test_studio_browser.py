@@ -5,13 +5,12 @@ The server runs in a thread on a free loopback port with the tiny preset in slot
 ``tests/artifacts/studio/`` (or ``$ADAPT3D_TEST_ARTIFACTS/studio``); ``ADAPT3D_STUDIO_README_SHOT=path`` also saves
 the README screenshot there.
 
-Without Chromium, chromedriver or selenium these tests FAIL, unless ADAPT3D_SKIP_BROWSER_TESTS=1 is set.
+Without Chromium, chromedriver or selenium these tests skip with a one-line reason, and fail under CI (CI=true).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -20,30 +19,15 @@ import pytest
 from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.models.triplane import build_generator
 from adapt3d.studio.command import StudioConfig, build_server
+from conftest import require_browser
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("ADAPT3D_TEST_ARTIFACTS", REPO / "tests" / "artifacts")) / "studio"
 
 
-def _browser_or_fail():
-    chromium = os.environ.get("ADAPT3D_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("ADAPT3D_CHROMEDRIVER") or shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-        missing = [n for n, v in (("chromium", chromium), ("chromedriver", driver)) if not v]
-    except ImportError:
-        missing = ["selenium (pip install -e '.[dev]')"]
-    if missing:
-        msg = (f"browser tests need {', '.join(missing)} (Debian: apt-get install -y chromium chromium-driver); "
-               "set ADAPT3D_SKIP_BROWSER_TESTS=1 to skip them explicitly")
-        if os.environ.get("ADAPT3D_SKIP_BROWSER_TESTS") == "1":
-            pytest.skip(msg)
-        pytest.fail(msg)
-    return chromium, driver
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
+    require_browser()  # before the server starts: without a browser there is nothing to do
     base = tmp_path_factory.mktemp("studio-browser")
     root = base / "runs"
     save_checkpoint(root / "adapted" / "final", build_generator("tiny", seed=1), metadata={"note": "test"})
@@ -54,7 +38,7 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(studio):
-    chromium, driver_path = _browser_or_fail()
+    chromium, driver_path = require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything

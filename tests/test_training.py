@@ -67,6 +67,28 @@ def test_density_regulariser_analytic_expectation():
     torch.testing.assert_close(pts[:, :50], pts[:, 50:])  # no perturbation -> identical halves
 
 
+def test_density_regulariser_defaults_are_eg3ds_and_points_fill_the_box():
+    """EG3D's defaults (1000 points per scene in [-1, 1]^3, perturbation std 0.004), the box really filled, and
+    sizes below 1 refused."""
+    seen = {}
+
+    def record(p):
+        seen["p"] = p
+        return p[..., :1]
+    losses.density_l1_regularization(record, 2, generator=torch.Generator().manual_seed(0))
+    pts = seen["p"]
+    assert pts.shape == (2, 2000, 3)
+    x, eps = pts[:, :1000], pts[:, 1000:] - pts[:, :1000]
+    assert x.min() < -0.99 and x.max() > 0.99 and x.abs().max() <= 1.0
+    assert 0.0038 < float(eps.std()) < 0.0042 and abs(float(eps.mean())) < 3e-4
+    losses.density_l1_regularization(record, 1, 50, p_dist=0.0, extent=0.5)
+    assert seen["p"].min() < -0.45 and seen["p"].max() > 0.45 and seen["p"].abs().max() <= 0.5
+    assert losses.density_l1_regularization(record, 1, 1).shape == ()
+    for b, n in ((0, 10), (1, 0)):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            losses.density_l1_regularization(record, b, n)
+
+
 def test_lazy_regularisation_scaling_hand_values():
     lr, betas = losses.lazy_regularization_scaling(0.002, (0.0, 0.99), 16)
     assert lr == pytest.approx(0.0018823529411764706) and betas[0] == 0.0
@@ -74,6 +96,12 @@ def test_lazy_regularisation_scaling_hand_values():
     lr, betas = losses.lazy_regularization_scaling(0.0025, (0.0, 0.99), 4)
     assert lr == pytest.approx(0.002) and betas[1] == pytest.approx(0.9919919678228657)
     assert losses.lazy_regularization_scaling(0.1, (0.5, 0.9), None) == (0.1, (0.5, 0.9))
+    lr, betas = losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 4)  # c = 0.8: beta ** c, not beta * c
+    assert lr == pytest.approx(0.08) and betas == pytest.approx((0.5743491774985174, 0.9191661188401216))
+    lr, betas = losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 1)  # every step: c = 1/2
+    assert lr == pytest.approx(0.05) and betas == pytest.approx((0.7071067811865476, 0.9486832980505138))
+    with pytest.raises(ValueError, match="interval"):
+        losses.lazy_regularization_scaling(0.1, (0.5, 0.9), 0)
 
 
 def test_pose_conditioning_swap():
@@ -86,6 +114,11 @@ def test_pose_conditioning_swap():
     torch.testing.assert_close(out, torch.where(u < 0.5, torch.roll(c, 1, 0), c))
     assert losses.gpc_swap_probability(0.8, 500_000, 1000) == pytest.approx(0.9)
     assert losses.gpc_swap_probability(0.8, 0, 0) == 0.8
+    assert losses.gpc_swap_probability(0.8, 250, 1.0) == pytest.approx(0.95)  # a fade shorter than 1 kimg
+    assert losses.gpc_swap_probability(0.8, 10_000, 1.0) == pytest.approx(0.8)  # after the fade: stays there
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="prob"):
+            losses.swap_conditioning(c, bad)
     assert losses.gpc_swap_probability(None, 0, 0) is None
 
 
@@ -252,3 +285,284 @@ def test_frozen_parts_stay_bit_identical_after_training(tiny_G):
     changed = [n for n in named if n not in frozen and not torch.equal(after[n], before[n])]
     assert any(n.startswith("superresolution.") for n in changed)
     assert any(n.startswith("backbone.synthesis.b8.") for n in changed)
+
+
+def test_r1_step_sends_half_gamma_times_interval_times_the_penalty_gradient_to_D(tiny_G):
+    """Through the trainer: the discriminator gradient of the lazy R1 step equals, computed here independently,
+    d/dtheta_D [gamma / 2 * d_reg_interval * mean_i (|dD/d image_i|^2 + |dD/d image_raw_i|^2)] on the real images at
+    D's weights of that step. Every real image is the same, so the reference does not depend on which ones the
+    trainer draws; micro-batches of 2 (batch 4) check the accumulation share too."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from adapt3d.models.discriminator import filtered_resizing
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    G, gamma, interval, nrr = copy.deepcopy(tiny_G), 3.0, 2, 16
+    D = default_discriminator(G)
+    label = _pair(1)[2][0]  # (25,)
+    image = (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+
+    class SameImage(torch.utils.data.Dataset):
+        labels = label[None].repeat(8, 1)
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return image, label
+
+    cfg = FinetuneConfig(dataset="x", kimg=0.004, batch=4, batch_gpu=2, r1_gamma=gamma, d_reg_interval=interval,
+                         density_reg=0, augment="none", neural_rendering_resolution=nrr, progress=False)
+    real = (image.float() / 127.5 - 1)[None].repeat(2, 1, 1, 1)  # one micro-batch (2, 3, 64, 64) in [-1, 1]
+    c = label[None].repeat(2, 1)
+
+    def reference_r1_gradient(D_now):
+        Dr = copy.deepcopy(D_now).requires_grad_(True)
+        img = real.clone().requires_grad_(True)
+        raw = filtered_resizing(real, nrr).detach().requires_grad_(True)
+        logits = Dr({"image": img, "image_raw": raw}, c)
+        g_img, g_raw = torch.autograd.grad(logits.sum(), [img, raw], create_graph=True)
+        penalty = (g_img.square().sum((1, 2, 3)) + g_raw.square().sum((1, 2, 3))).mean()
+        params = list(Dr.parameters())  # some (e.g. the last bias) do not change the input gradient: zeros
+        grads = torch.autograd.grad(penalty * gamma / 2 * interval, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    d_params = list(D.parameters())
+    d_ids = {id(p) for p in d_params}
+    d_steps = []  # (gradient the optimiser applies, reference R1 gradient at the same weights)
+
+    def before_step(opt, args, kwargs):
+        if any(id(p) in d_ids for group in opt.param_groups for p in group["params"]):
+            grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in d_params]
+            d_steps.append((grads, reference_r1_gradient(D)))
+
+    handle = register_optimizer_step_pre_hook(before_step)  # every optimiser, whatever the trainer calls it
+    try:
+        Trainer(cfg, G, D, SameImage()).run_training()
+    finally:
+        handle.remove()
+    assert len(d_steps) == 2  # the logistic step and the R1 step (step 0 is a multiple of the interval)
+
+    def matches(grads, ref):
+        return all(torch.allclose(g, r, rtol=1e-4, atol=1e-8) for g, r in zip(grads, ref))
+    assert [matches(*s) for s in d_steps].count(True) == 1
+    assert max(float(r.abs().max()) for r in d_steps[-1][1]) > 1e-6  # a gradient that is there to compare
+
+
+def test_loss_assembly_through_the_trainer(tiny_G):
+    """One trainer step with every phase (generator, density, discriminator, R1) in micro-batches of 2 out of a batch
+    of B = 4. Captured with hooks on the modules the trainer calls, whatever its structure:
+
+    - the gradient reaching each discriminator logit l is what the EG3D losses give: -sigmoid(-l) / B in the
+      generator step (mean softplus(-l)), +sigmoid(l) / B for generated and -sigmoid(-l) / B for real images in
+      the discriminator step;
+    - each density sigma_a (original point) and sigma_b (perturbed) receives +-density_reg * interval *
+      sign(sigma_a - sigma_b) / (B * P), P points per scene;
+    - the logged losses and logits are means over the whole batch, and w_avg moves to lerp(mean w, w_avg, beta)
+      with the discriminator step's latents.
+    """
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    G, B, P, density_reg, interval = copy.deepcopy(tiny_G), 4, 50, 0.25, 2
+    D = default_discriminator(G)
+    label = _pair(1)[2][0]
+    image = (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    real = (image.float() / 127.5 - 1)[None]  # (1, 3, 64, 64)
+
+    class SameImage(torch.utils.data.Dataset):
+        labels = label[None].repeat(8, 1)
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return image, label
+
+    cfg = FinetuneConfig(dataset="x", kimg=0.004, batch=B, batch_gpu=2, density_reg=density_reg,
+                         density_reg_interval=interval, density_reg_points=P, d_reg_interval=2, r1_gamma=1.0,
+                         augment="none", neural_rendering_resolution=16, progress=False, tick_kimg=0.004)
+    logits = {"G": [], "fake": [], "real": []}  # (logit values, gradient into them)
+    densities, d_step_ws = [], []
+
+    r1 = []
+
+    def on_D(module, args, out):
+        if not any(p.requires_grad for p in module.parameters()):
+            phase = "G"
+        elif args[0]["image"].requires_grad:  # the R1 step (its gradient: test_r1_step_sends_half_gamma_...)
+            g_img, g_raw = torch.autograd.grad(out.sum(), [args[0]["image"], args[0]["image_raw"]],
+                                               retain_graph=True)
+            r1.append(g_img.square().sum((1, 2, 3)) + g_raw.square().sum((1, 2, 3)))
+            return
+        else:
+            phase = "real" if torch.equal(args[0]["image"], real.expand_as(args[0]["image"])) else "fake"
+        value = out.detach().clone()
+        out.register_hook(lambda g: logits[phase].append((value, g.detach().clone())))
+
+    def on_mapping(module, args, out):
+        if not torch.is_grad_enabled():  # the discriminator step maps its latents without autograd
+            d_step_ws.append(out[:, 0].clone())
+
+    trainer = Trainer(cfg, G, D, SameImage())
+    sample_density = G.sample_density
+
+    def recording_sample_density(*args, **kwargs):
+        out = sample_density(*args, **kwargs)
+        sigma = out["sigma"]
+        if sigma.requires_grad:
+            value = sigma.detach().clone()
+            sigma.register_hook(lambda g: densities.append((value, g.detach().clone())))
+        return out
+    G.sample_density = recording_sample_density
+    w_avg_before = G.backbone.mapping.w_avg.clone()
+    hooks = [D.register_forward_hook(on_D), G.backbone.mapping.register_forward_hook(on_mapping)]
+    try:
+        result = trainer.run_training()
+    finally:
+        for h in hooks:
+            h.remove()
+        del G.sample_density
+
+    cat = {k: (torch.cat([v for v, _ in pairs]), torch.cat([g for _, g in pairs])) for k, pairs in logits.items()}
+    assert all(len(v) == B for v, _ in cat.values()), {k: len(v) for k, (v, _) in cat.items()}
+    torch.testing.assert_close(cat["G"][1], -torch.sigmoid(-cat["G"][0]) / B, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(cat["fake"][1], torch.sigmoid(cat["fake"][0]) / B, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(cat["real"][1], -torch.sigmoid(-cat["real"][0]) / B, rtol=1e-5, atol=1e-9)
+
+    assert sum(v.shape[0] for v, _ in densities) == B
+    for sigma, grad in densities:  # (b, 2P, 1) each
+        a, b_ = sigma[:, :P], sigma[:, P:]
+        expected = density_reg * interval * torch.sign(a - b_) / (B * P)
+        torch.testing.assert_close(grad[:, :P], expected, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(grad[:, P:], -expected, rtol=1e-5, atol=1e-12)
+
+    stats = result.stats[-1]
+    softplus = torch.nn.functional.softplus
+    assert stats["loss/G"] == pytest.approx(float(softplus(-cat["G"][0]).mean()), rel=1e-5)
+    assert stats["loss/D_fake"] == pytest.approx(float(softplus(cat["fake"][0]).mean()), rel=1e-5)
+    assert stats["loss/D_real"] == pytest.approx(float(softplus(-cat["real"][0]).mean()), rel=1e-5)
+    assert stats["loss/D"] == pytest.approx(stats["loss/D_fake"] + stats["loss/D_real"], rel=1e-6)
+    assert stats["logits/fake"] == pytest.approx(float(cat["fake"][0].mean()), rel=1e-5, abs=1e-7)
+    assert stats["logits/real"] == pytest.approx(float(cat["real"][0].mean()), rel=1e-5, abs=1e-7)
+    assert stats["loss/r1_penalty"] == pytest.approx(float(torch.cat(r1).mean()), rel=1e-4)
+    assert not any(p.requires_grad for p in D.parameters())  # D is frozen again after its steps
+    sig = torch.cat([s for s, _ in densities])
+    assert stats["loss/density_reg"] == pytest.approx(float((sig[:, :P] - sig[:, P:]).abs().mean()), rel=1e-5)
+    mean_w = torch.cat(d_step_ws).mean(0)
+    assert torch.cat(d_step_ws).shape[0] == B
+    beta = G.backbone.mapping.w_avg_beta
+    torch.testing.assert_close(G.backbone.mapping.w_avg, mean_w.lerp(w_avg_before, beta), rtol=1e-5, atol=1e-7)
+
+
+def test_lazy_regulariser_schedule_and_step_counters(tiny_G):
+    """Density regularisation every density_reg_interval steps and R1 every d_reg_interval steps, from step 0; none
+    of either when its weight is 0; step and image counters."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(0)
+    labels = _pair(4)[2]
+    images = (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self):
+            self.labels = labels
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return images[i], labels[i]
+
+    def run(**kw):
+        G = copy.deepcopy(tiny_G)
+        cfg = FinetuneConfig(dataset="x", batch=2, augment="none", neural_rendering_resolution=16, progress=False,
+                             density_reg_points=20, tick_kimg=0.002, **kw)
+        return Trainer(cfg, G, default_discriminator(G), DS()).run_training()
+    out = run(kimg=0.008, density_reg_interval=2, d_reg_interval=3)  # steps 0, 1, 2, 3
+    assert (out.step, out.cur_nimg) == (4, 8) and [s["step"] for s in out.stats] == [1, 2, 3, 4]
+    assert ["loss/density_reg" in s for s in out.stats] == [True, False, True, False]
+    assert ["loss/r1_penalty" in s for s in out.stats] == [True, False, False, True]
+    out = run(kimg=0.002, density_reg=0.0, r1_gamma=0.0)
+    assert "loss/density_reg" not in out.stats[-1] and "loss/r1_penalty" not in out.stats[-1]
+
+
+def test_ada_records_the_signs_of_the_real_logits_and_D_is_frozen_outside_its_phases(tiny_G):
+    """Each step adds sum(sign(D(real))) of the discriminator phase and the number of real images to ADA's
+    accumulators (not the R1 phase's logits, not the logit sums); D's parameters require grad only inside its
+    own phases, so the generator phase never computes discriminator gradients."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(1)
+    labels = _pair(4)[2]
+    images = (torch.rand(4, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        labels = None
+
+    DS.labels = labels
+    G = copy.deepcopy(tiny_G)
+    cfg = FinetuneConfig(dataset="x", batch=4, augment="ada", augment_p=0.0, ada_interval=4, r1_gamma=1.0,
+                         d_reg_interval=2, neural_rendering_resolution=16, progress=False, density_reg_points=20)
+    trainer = Trainer(cfg, G, default_discriminator(G), DS())
+    reals = images.float() / 127.5 - 1
+    calls = []  # (input image, logits) of every D call
+    trainer.D.register_forward_hook(lambda m, args, out: calls.append((args[0]["image"].detach(), out.detach())))
+    expected_sum = 0.0
+    for step in range(2):  # step 0 runs R1 (d_reg_interval 2), step 1 does not
+        calls.clear()
+        trainer.train_step(images, labels)
+        # the D phase's real call: the real images, not requiring grad (R1's do; generated ones differ)
+        real_logits = [out for image, out in calls if image.shape == reals.shape and torch.allclose(image, reals,
+                                                                                                   atol=1e-4)]
+        assert len(real_logits) == 2 - step  # D phase (+ R1 at step 0)
+        expected_sum += float(torch.sign(real_logits[0]).sum())
+        assert not any(p.requires_grad for p in trainer.D.parameters()), f"D not frozen after step {step}"
+    assert trainer.augment.sign_count == 8.0
+    assert trainer.augment.sign_sum == expected_sum
+    assert expected_sum != 8.0  # not all positive: a sum equal to the count would not tell signs from counts
+
+
+def test_regulariser_phases_leave_parameters_they_do_not_reach(tiny_G):
+    """Each regulariser phase steps only the parameters its loss reaches, as EG3D's Adam skips parameters whose
+    gradient is None: the density regulariser does not reach the super-resolution head, R1 (a gradient norm w.r.t.
+    the images) does not reach D's output bias. Those leave the phase bit-identical, Adam state included; zeroed
+    instead of None gradients would move them by the momentum of the previous phase (beta1 > 0) and decay their
+    second moments."""
+    from adapt3d.pipelines.finetune import default_discriminator
+    from adapt3d.training.loop import Trainer
+    g = torch.Generator().manual_seed(2)
+    labels = _pair(2)[2]
+    images = (torch.rand(2, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+
+    class DS(torch.utils.data.Dataset):
+        pass
+
+    DS.labels = labels
+    G = copy.deepcopy(tiny_G)
+    cfg = FinetuneConfig(dataset="x", batch=2, augment="none", r1_gamma=1.0, density_reg=0.25,
+                         adam_betas=(0.5, 0.99),  # beta1 > 0: Adam with a zero gradient would still move
+                         neural_rendering_resolution=16, progress=False, density_reg_points=20)
+    trainer = Trainer(cfg, G, default_discriminator(G), DS())
+    out_bias = trainer.D.b4.out.bias
+    snapshots = []
+
+    def snapshot():
+        state = trainer.opt_D.state.get(out_bias, {})
+        snapshots.append(({k: v.clone() for k, v in trainer.G.superresolution.state_dict().items()},
+                          out_bias.detach().clone(), {k: torch.as_tensor(v).clone() for k, v in state.items()}))
+
+    def wrapped(phase, before=False):
+        return lambda *a: ((snapshot() if before else None), phase(*a), snapshot())[1]
+    trainer._phase_G = wrapped(trainer._phase_G, before=True)
+    trainer._phase_G_reg = wrapped(trainer._phase_G_reg)
+    trainer._phase_D = wrapped(trainer._phase_D)
+    trainer._phase_D_reg = wrapped(trainer._phase_D_reg)
+    rec = trainer.train_step(images, labels)
+    assert "loss/density_reg" in rec and "loss/r1_penalty" in rec and len(snapshots) == 5
+    (sr0, _, _), (sr_G, _, _), (sr_reg, _, _), (_, bias_D, state_D), (_, bias_R1, state_R1) = snapshots
+    assert any(not torch.equal(sr0[k], sr_G[k]) for k in sr0)  # the G phase trains the head
+    for k in sr_G:
+        assert torch.equal(sr_G[k], sr_reg[k]), k
+    assert state_D and torch.equal(bias_D, bias_R1)  # the D phase trained the bias; R1 leaves it
+    for k in state_D:
+        assert torch.equal(state_D[k], state_R1[k]), k

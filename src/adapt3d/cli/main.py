@@ -26,12 +26,19 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def parse(argv: Sequence[str]):
+    """Parse ``adapt3d`` arguments (``[command, *options]``) into the command's config without running anything.
+
+    Exits like the CLI (``SystemExit`` 0 after ``--help``, 2 with a message on stderr for bad options)."""
+    return tyro.extras.subcommand_cli_from_dict(
+        {name: config for name, (config, _, _) in COMMANDS.items()},
+        args=list(argv), prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        {name: config for name, (config, _, _) in COMMANDS.items()},
-        args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
+    cfg = parse(argv)
     # by name: a command with nested subcommands (instance candidates|adapt) has a Union, not a class
     run = COMMANDS[name][1] if name else next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
     try:

@@ -44,8 +44,9 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: to
     """Images (B, 3, H, W) in [-1, 1] -> normalised CLIP input (B, 3, size, size); differentiable."""
     x = (images.float() + 1) / 2
     h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    # Shorter side -> size, longer side -> int(size * long / short) (truncated, as CLIPImageProcessor and
+    # torchvision's Resize compute it).
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
