@@ -25,13 +25,13 @@ if str(REPO / "src") not in sys.path:
 from adapt3d.pipelines.distill import DistillConfig, run  # noqa: E402
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--lambda-gan", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temporary folder)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     root = args.out or Path(tempfile.mkdtemp(prefix="gan-real-"))
     for kind, lam in (("teacher", args.lambda_gan), ("source", args.lambda_gan), ("auto", 0.0)):
         t0 = time.time()

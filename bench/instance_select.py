@@ -62,7 +62,7 @@ def measure(cfg: instance.InstanceConfig, scorer_name: str | None) -> dict:
     return m
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default=None)
     ap.add_argument("--generator", default=None)
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--num-views", type=int, default=8)
     ap.add_argument("--select", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.preset is None and args.generator is None:
         args.preset = "tiny"
     clip = args.clip_model or ("tiny" if args.preset == "tiny" else None)
