@@ -35,7 +35,8 @@ from adapt3d.models.text_conditioned import TextConditionedGenerator, TextCondit
 from adapt3d.training.distill import DistillResult, DistillTrainer
 from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
 from adapt3d.training.run_folder import RunFolder
-from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.folder_lock import job_folder
+from adapt3d.utils.io import atomic_write_json, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["DistillConfig", "DistillResult", "run", "resolve_models", "evaluate_prompts"]
@@ -99,12 +100,19 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
 
 def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillResult:
     """Distil as configured (see the module docstring). Raises ValueError naming the flag on bad input."""
-    from adapt3d.diffusion.sds import ScoreDistillation
     t0 = time.time()
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    out = check_output_folder(Path(cfg.out))
+    with job_folder(cfg.out, "distill"):  # one writer; a run that fails before any work leaves no folder behind
+        result = _run(cfg, callbacks, prompts, device)
+    result.seconds = time.time() - t0
+    return result
+
+
+def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillResult:
+    from adapt3d.diffusion.sds import ScoreDistillation
+    out = Path(cfg.out)
     run_folder = RunFolder(out, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)
@@ -182,5 +190,4 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
                          video_frames=cfg.video_frames, mesh=cfg.mesh, mesh_resolution=cfg.mesh_resolution,
                          notes=result.notes)
         run_folder.log(f"evaluation written to {out / 'eval'}")
-    result.seconds = time.time() - t0
     return result

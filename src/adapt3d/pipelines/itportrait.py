@@ -73,6 +73,13 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
 
 
 def run(cfg: ITportraitConfig) -> AdaptResult:
+    """Run (or resume) ITportrait in ``cfg.out``, its only writer (see :func:`_run`)."""
+    from adapt3d.utils.folder_lock import job_folder
+    with job_folder(cfg.out, "itportrait"):
+        return _run(cfg)
+
+
+def _run(cfg: ITportraitConfig) -> AdaptResult:
     """Run (or resume) ITportrait; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.inversion.losses import make_reconstruction_loss
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent

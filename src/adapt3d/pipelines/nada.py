@@ -30,6 +30,13 @@ __all__ = ["NadaConfig", "run"]
 
 
 def run(cfg: NadaConfig) -> AdaptResult:
+    """Run (or resume) 3D StyleGAN-NADA in ``cfg.out``, its only writer (see :func:`_run`)."""
+    from adapt3d.utils.folder_lock import job_folder
+    with job_folder(cfg.out, "nada"):
+        return _run(cfg)
+
+
+def _run(cfg: NadaConfig) -> AdaptResult:
     """Run (or resume) 3D StyleGAN-NADA; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.training.nada import NadaTrainer
 

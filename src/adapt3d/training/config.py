@@ -142,9 +142,12 @@ RESUME_NEUTRAL_FIELDS = frozenset({"out", "kimg", "tick_kimg", "snapshot_kimg", 
 
 
 def options_for_identity(cfg: FinetuneConfig) -> dict:
-    """The options that define a run (compared on automatic resume)."""
+    """The options that define a run (compared on automatic resume), plus the dataset's contents
+    (``dataset_sha256``: a dataset re-made in place with other images is another run)."""
+    from adapt3d.utils.job_identity import content_digest
     d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["dataset"] = str(Path(cfg.dataset).expanduser().resolve())
+    d["dataset_sha256"] = content_digest(Path(cfg.dataset).expanduser())
     return {k: v for k, v in d.items() if k not in RESUME_NEUTRAL_FIELDS}
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +40,11 @@ from adapt3d.training import losses
 from adapt3d.training.distill_config import DistillConfig, resolved_steps
 from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed
 from adapt3d.training.freeze import freeze_prefixes
-from adapt3d.training.loop import TrainingDiverged
-from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
-from adapt3d.utils.io import atomic_path, replace_folder
+from adapt3d.training.run_folder import RunFolder
+from adapt3d.training.trainer_core import TrainerCore
 from adapt3d.utils.parsing import parse_seeds
-from adapt3d.utils.seeds import derive_seed
 
 __all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler"]
-
-STATE_FORMAT = "adapt3d-training-state"
 
 
 @dataclass
@@ -80,7 +74,7 @@ def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float
     raise ValueError(f"--pose-sampler: {name!r} is not one of gaussian, uniform, sinusoidal")
 
 
-class DistillTrainer:
+class DistillTrainer(TrainerCore):
     """Trains ``model``'s conditioning against the teacher ``sds`` on ``prompts`` (components passed in).
 
     ``D`` is the discriminator (None when ``cfg.lambda_gan == 0``); ``source`` the frozen source generator for
@@ -92,10 +86,11 @@ class DistillTrainer:
                  prompts: Sequence[str], D: torch.nn.Module | None = None, source: TriPlaneGenerator | None = None,
                  dataset=None, scorer=None, device: torch.device | str = "cpu", run_folder: RunFolder | None = None,
                  resume_from: str | Path | None = None, text_encoder_info: dict | None = None,
-                 callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = ()):
+                 callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = (), dist=None):
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from, dist=dist,
+                         callbacks=callbacks, notes=notes, total_steps=resolved_steps(cfg),
+                         tick_steps=cfg.tick_steps, snapshot_steps=cfg.snapshot_steps, progress=cfg.progress)
         self.cfg, self.prompts, self.sds, self.scorer = cfg, list(prompts), sds, scorer
-        self.device = torch.device(device)
-        self.run, self.callbacks, self.notes = run_folder, list(callbacks), list(notes)
         self.text_encoder_info = dict(text_encoder_info or {})
         self.model = model.to(self.device).train()
         self.D = D.to(self.device).train().requires_grad_(False) if D is not None and cfg.lambda_gan > 0 else None
@@ -131,24 +126,30 @@ class DistillTrainer:
         views = [[view_prompt(p, v) for p in self.prompts] for v in range(3)]
         self.view_texts = torch.stack([sds.encode_prompt(v) for v in views]).to(self.device)  # (3, P, L, D)
         self.uncond = sds.encode_prompt([cfg.negative_prompt]).to(self.device)  # (1, L, D)
-        self.total_steps = resolved_steps(cfg)
-        self.step, self.skipped = 0, 0
-        self.stats: list[dict] = []
-        self._tick: dict[str, tuple[float, int]] = {}
         self.source_diversity: float | None = None
-        self.resumed_from = Path(resume_from) if resume_from else None
-        if self.resumed_from is not None:
-            self._load_snapshot(self.resumed_from)
+        self.init_weight_scales()
+        self.resume_if_needed()
 
-    # -- resume ---------------------------------------------------------------------------------------------------
-    def training_state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "opt_G": self.opt_G.state_dict(),
-                "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
-                "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0,
-                "rng": {"torch": torch.get_rng_state()}}
+    # -- state (the trainer core saves, resumes and checks it) -----------------------------------------------------
+    name = "distill"
+    divergence_hint = "Lower --lr / --d-lr or --guidance-scale or set --grad-clip, then rerun (it resumes from the " \
+        "last snapshot)."
+    tick_prefixes = ("loss/", "sds/", "logits/")
 
-    def _load_snapshot(self, snapshot: Path) -> None:
-        state = load_training_state(snapshot)
+    def trained_modules(self) -> dict:
+        mods = {"conditioning": _ParamList(self.model.conditioning_parameters())}
+        base = [p for p in self.model.base.parameters() if p.requires_grad]
+        if base:
+            mods["generator (--train-base)"] = _ParamList(base)
+        if self.D is not None:
+            mods["discriminator"] = self.D
+        return mods
+
+    def state_dict_extra(self) -> dict:
+        return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
+                "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0}
+
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
         try:
             loaded, D, _ = load_text_conditioned(snapshot, load_discriminator=self.D is not None)
             self.model.load_state_dict(loaded.state_dict())
@@ -160,16 +161,15 @@ class DistillTrainer:
             self.opt_G.load_state_dict(state["opt_G"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this model/options ({e})") from e
-        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
         sd = float(state.get("source_diversity", -1.0))
         self.source_diversity = sd if sd >= 0 else None
-        torch.set_rng_state(state["rng"]["torch"])
+
+    def write_checkpoint(self, folder: Path, metadata: dict) -> None:
+        save_text_conditioned(folder, self.model, self.D, metadata=metadata, text_encoder=self.text_encoder_info)
 
     # -- one step --------------------------------------------------------------------------------------------------
     def _rng(self, phase: str) -> torch.Generator:
-        s = derive_seed(self.cfg.seed, self.step, phase)
-        torch.manual_seed(s)  # ray jitter and synthesis noise use the global RNG
-        return torch.Generator().manual_seed(s)
+        return self.seed_step(self.cfg.seed, phase)  # also seeds the global RNG (ray jitter, synthesis noise)
 
     def _c_cond(self, n: int) -> torch.Tensor:
         r = self.model.rendering
@@ -234,10 +234,12 @@ class DistillTrainer:
         if ok:
             self.opt_G.step()
         else:
-            self.skipped += 1
             self.opt_G.zero_grad(set_to_none=True)
         if self.D is not None:
-            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c))
+            d_rec = self._step_D(out.image.detach(), out.image_raw.detach(), c)
+            ok = ok and not d_rec.pop("skipped_D")
+            rec.update(d_rec)
+        self.skipped += int(not ok)  # a step is skipped if its G or its D update was (the core bounds the count)
         self.step += 1
         rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
         return rec
@@ -260,9 +262,11 @@ class DistillTrainer:
             r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
             (r1.loss * cfg.d_reg_interval).backward()
             rec["loss/r1_penalty"] = float(r1.penalty.detach())
-        if bool(torch.isfinite(loss.detach())) and self._grads_finite(self.D.parameters()):
+        d_ok = bool(torch.isfinite(loss.detach())) and self._grads_finite(self.D.parameters())
+        if d_ok:
             self.opt_D.step()
         self.D.requires_grad_(False)
+        rec["skipped_D"] = not d_ok
         return rec
 
     # -- monitoring, samples, snapshots ---------------------------------------------------------------------------
@@ -275,27 +279,38 @@ class DistillTrainer:
         self.source_diversity = d["source"]
         return d
 
-    def _end_tick(self, rec: dict, t0: float, steps: int, diversity: dict | None) -> dict:
-        out = {"step": self.step, "skipped_total": self.skipped}
-        out.update({k: s / n for k, (s, n) in sorted(self._tick.items())})
-        out.update({"t_min": rec.get("t_min"), "t_max": rec.get("t_max"),
-                    "sec_per_step": (time.time() - t0) / steps if steps else None, "timestamp": time.time()})
+    def tick_fields(self, rec: dict) -> dict:
+        done = self.step >= self.total_steps
+        diversity = self.measure_diversity() if (self.step % self.cfg.diversity_steps == 0 or done) else None
+        return self._tick_extras(rec, diversity)
+
+    def _tick_extras(self, rec: dict, diversity: dict | None) -> dict:
+        out = {"t_min": rec.get("t_min"), "t_max": rec.get("t_max")}
         out.update({f"gate/{k}": v for k, v in self.model.gates().items()})
         if diversity is not None:
             out.update({"diversity/mean": diversity["mean"], "diversity/source": diversity["source"],
                         "diversity/ratio_to_source": diversity["ratio_to_source"]})
             out.update({f"diversity/prompt{k:02d}": v for k, v in enumerate(diversity["prompts"])})
-        self._tick = {}
-        self.stats.append(out)
-        if self.run is not None:
-            self.run.append_stats(out)
-            parts = [f"{k} {out[k]:.4g}" for k in ("sds/grad_norm", "loss/G_gan", "loss/D", "diversity/mean")
-                     if out.get(k) is not None]
-            speed = f" sec/step {out['sec_per_step']:.3f}" if out["sec_per_step"] is not None else ""
-            self.run.log(f"step {self.step}/{self.total_steps} " + " ".join(parts) + speed)
         return out
 
-    def save_samples(self) -> list[Path]:
+    def tick_message(self, out: dict) -> str:
+        parts = [f"{k} {out[k]:.4g}" for k in ("sds/grad_norm", "loss/G_gan", "loss/D", "diversity/mean")
+                 if out.get(k) is not None]
+        speed = f" sec/step {out['sec_per_step']:.3f}" if out["sec_per_step"] is not None else ""
+        return f"step {self.step}/{self.total_steps} " + " ".join(parts) + speed
+
+    def before_training(self) -> None:
+        """Diversity of the untrained model, recorded as the step-0 stats record."""
+        if self.step == 0:
+            diversity = self.measure_diversity()
+            out = {"step": 0, "skipped_total": self.skipped, **self._tick_extras({}, diversity),
+                   "sec_per_step": None, "timestamp": time.time()}
+            self.stats.append(out)
+            if self.run is not None:
+                self.run.append_stats(out)
+                self.run.log(self.tick_message(out))
+
+    def save_samples(self) -> list[Path]:  # type: ignore[override]
         """Per-prompt grids ``samples/promptKK-<step>.png``: rows = sample seeds, columns = three yaws."""
         if self.run is None:
             return []
@@ -313,72 +328,25 @@ class DistillTrainer:
         self.model.train(was_training)
         return paths
 
-    def _metadata(self) -> dict:
+    def metadata(self) -> dict:
         return {"step": self.step, "source": "adapt3d distill", "prompts": self.prompts,
                 "guidance_scale": self.cfg.guidance_scale}
 
-    def _check_weights(self) -> None:
-        for p in self.g_params:
-            if not bool(torch.isfinite(p).all()):
-                snap = self.run.latest_snapshot() if self.run is not None else None
-                raise TrainingDiverged(f"training stopped at step {self.step}: a generator weight became NaN or "
-                                       f"infinite; the last good snapshot is {snap}. Lower --lr or --guidance-scale"
-                                       " or set --grad-clip, then rerun (it resumes from the last snapshot).")
-
-    def write_checkpoint(self, dest: Path, with_state: bool) -> Path:
-        """Write the model (+ D, + training_state.pt) into ``dest`` atomically (temporary folder, rename)."""
-        tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_text_conditioned(tmp, self.model, self.D, metadata=self._metadata(), text_encoder=self.text_encoder_info)
-        if with_state:
-            with atomic_path(tmp / TRAINING_STATE) as t:
-                torch.save({"format": STATE_FORMAT, "version": 1, **self.training_state()}, t)
-        replace_folder(tmp, dest)
-        return dest
-
-    def snapshot(self) -> Path | None:
-        self._check_weights()
-        if self.run is None:
-            return None
-        self.save_samples()
-        path = self.write_checkpoint(self.run.snapshot_path(self.step), with_state=True)
-        self.run.log(f"snapshot {path}")
-        return path
-
     def run_training(self) -> DistillResult:
         """Train until ``total_steps``; snapshots every ``snapshot_steps`` and at the end; the final checkpoint."""
-        from tqdm.auto import tqdm
-        cfg, t_start = self.cfg, time.time()
-        bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step", desc="distill",
-                   disable=not cfg.progress)
-        diversity = self.measure_diversity() if self.step == 0 else None
-        if diversity is not None:
-            self._end_tick({}, time.time(), 0, diversity)
-        t0, steps_in_tick, rec = time.time(), 0, {}
-        while self.step < self.total_steps:
-            rec = self.train_step()
-            steps_in_tick += 1
-            for k, v in rec.items():
-                if k.startswith(("loss/", "sds/", "logits/")):
-                    s, n = self._tick.get(k, (0.0, 0))
-                    self._tick[k] = (s + v, n + 1)
-            done = self.step >= self.total_steps
-            if self.step % cfg.tick_steps == 0 or done:
-                div = self.measure_diversity() if (self.step % cfg.diversity_steps == 0 or done) else None
-                self._end_tick(rec, t0, steps_in_tick, div)
-                t0, steps_in_tick = time.time(), 0
-            if self.step % cfg.snapshot_steps == 0 or done:
-                self.snapshot()
-            for fn in self.callbacks:
-                fn(self)
-            bar.update(1)
-        bar.close()
-        final = None
-        if self.run is not None:
-            self._check_weights()
-            final = self.write_checkpoint(self.run.final, with_state=False)
-            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); final checkpoint {final}")
+        final, seconds = self.train_loop()
         self.model.eval()
         return DistillResult(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
-                             seconds=time.time() - t_start)
+                             seconds=seconds)
+
+
+class _ParamList(torch.nn.Module):
+    """A view of some parameters as one module (the weight checks of the trainer core take modules)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self._list = list(params)
+
+    def parameters(self, recurse: bool = True):  # noqa: ARG002 - the listed parameters, not registered
+        return iter(self._list)

@@ -161,17 +161,20 @@ class ITportraitTrainer(ClipAdaptTrainer):
             source = self.G_img if self.cfg.schedule == "image" else self.G
             update_ema(self.G_ema, source, ema_beta(self.batch, self.cfg.ema_kimg, self.step * self.batch))
 
-    def training_state(self) -> dict:
-        state = super().training_state()
-        state["G_img"] = {k: v.detach().cpu().clone() for k, v in self.G_img.state_dict().items()}
+    def trained_modules(self) -> dict:
+        return {**super().trained_modules(), "image-style generator": self.G_img}
+
+    def state_dict_extra(self) -> dict:
+        state = super().state_dict_extra()
+        state["G_img"] = self.cpu_state(self.G_img)
         state["opt_img"] = self.opt_img.state_dict()
         return state
 
-    def load_state(self, snapshot: Path) -> None:
-        super().load_state(snapshot)
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
+        super().load_state_extra(snapshot, state)
         try:
-            self.G_img.load_state_dict(self._loaded_state["G_img"])
-            self.opt_img.load_state_dict(self._loaded_state["opt_img"])
+            self.G_img.load_state_dict(state["G_img"])
+            self.opt_img.load_state_dict(state["opt_img"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} is not an ITportrait snapshot of this generator ({e})") \
                 from e
