@@ -74,8 +74,9 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
 
 def run(cfg: ITportraitConfig) -> AdaptResult:
     """Run (or resume) ITportrait in ``cfg.out``, its only writer (see :func:`_run`)."""
+    from adapt3d.training.distributed import world_info
     from adapt3d.utils.folder_lock import job_folder
-    with job_folder(cfg.out, "itportrait"):
+    with job_folder(cfg.out, "itportrait", enabled=world_info().is_main):  # rank 0 holds the lock (torchrun)
         return _run(cfg)
 
 
@@ -105,6 +106,9 @@ def _run(cfg: ITportraitConfig) -> AdaptResult:
     extra = {"reference": {"latent": str(code.path) if code.path else None, "camera": code.camera.reshape(-1).tolist(),
                            "stage1_loss": choice.loss.describe()}}
     result.final = train_stage(cfg, device, make, result, extra_options=extra)
+    from adapt3d.training.distributed import world_info
+    if not world_info().is_main:  # under torchrun the other processes only train; rank 0 writes the outputs
+        return result
     output_stages(cfg, result.final, device, result)
     adapted = load_checkpoint(result.final, load_discriminator=False).generator.to(device)
     rl = render_latent(adapted, code, Path(cfg.out) / "render" / "reference",

@@ -69,6 +69,9 @@ class ITportraitTrainer(ClipAdaptTrainer):
     def __init__(self, cfg: ITportraitConfig, G, clip_loss: CLIPDirectionalLoss, reference: Reference,
                  recon_loss, **kw):
         super().__init__(cfg, G, clip_loss, **kw)
+        if self.dist.world_size > 1:
+            raise ValueError(f"itportrait: runs in one process (its image/text branch is chosen from whole-batch "
+                             f"statistics); launched with {self.dist.world_size} processes, run it without torchrun")
         num_ws = self.G.num_ws
         if tuple(reference.ws.shape) != (1, num_ws, self.G.w_dim):
             raise ValueError(f"--latent: ws has shape {tuple(reference.ws.shape)}, the generator needs "

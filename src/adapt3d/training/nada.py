@@ -78,7 +78,9 @@ class ClipAdaptTrainer(TrainerCore):
     def __init__(self, cfg: ClipAdaptConfig, G, clip_loss: CLIPDirectionalLoss, device: torch.device | str = "cpu",
                  run_folder: RunFolder | None = None, resume_from: str | Path | None = None,
                  callbacks=(), dist=None):
-        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from, dist=dist,
+        from adapt3d.training.distributed import world_info
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from,
+                         dist=dist if dist is not None else world_info(),
                          callbacks=callbacks, total_steps=resolved(cfg, "steps"),
                          tick_steps=resolved(cfg, "tick_steps"), snapshot_steps=resolved(cfg, "snapshot_steps"),
                          progress=cfg.progress)
@@ -86,6 +88,15 @@ class ClipAdaptTrainer(TrainerCore):
         self.cfg, self.clip = cfg, clip_loss
         self.steps = self.total_steps
         self.batch, self.views = resolved(cfg, "batch"), resolved(cfg, "num_views")
+        world = self.dist.world_size
+        if self.batch % world:
+            raise ValueError(f"--batch: {self.batch} latents cannot be split over {world} processes; give a multiple "
+                             f"of {world}")
+        self.batch_gpu = cfg.batch_gpu or self.batch // world
+        if (self.batch // world) % self.batch_gpu:
+            raise ValueError(f"--batch-gpu: {self.batch_gpu} does not divide the {self.batch // world} latents of each "
+                             f"of the {world} process(es) (--batch {self.batch})")
+        self.accum = self.batch // world // self.batch_gpu
         # Train mode for both: the same (non-fused) convolution path, so the pair differs only by the weights and
         # the first step's renders are identical (image direction 0).
         self.G_frozen = copy.deepcopy(G).to(self.device).train().requires_grad_(False)
@@ -141,6 +152,32 @@ class ClipAdaptTrainer(TrainerCore):
     # -- one step ------------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
         raise NotImplementedError
+
+    def micro_batches(self):
+        """(global index g, latent slice, camera slice) of this process's micro-batches of the global batch."""
+        b, v = self.batch_gpu, self.views
+        for a in range(self.accum):
+            g = self.dist.rank * self.accum + a
+            yield g, slice(g * b, (g + 1) * b), slice(g * b * v, (g + 1) * b * v)
+
+    def accumulate_step(self, opt: torch.optim.Optimizer, params, micro_loss, what: str) -> dict:
+        """One data-parallel optimiser step: ``micro_loss(g, latents, cameras) -> (loss, {name: value})`` for each
+        micro-batch of this process; gradients and values are weighted by the micro-batch's share of the global
+        batch and summed over processes (one all-reduce); NaN/inf stops the run; returns the summed values."""
+        opt.zero_grad(set_to_none=True)
+        share = self.batch_gpu / self.batch
+        names: list[str] = []
+        total: torch.Tensor | None = None
+        for g, lat, cam in self.micro_batches():
+            loss, values = micro_loss(g, lat, cam)
+            (loss * share).backward()
+            names = sorted(values)
+            vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.device).reshape(())
+                               for k in names]) * share
+            total = vec if total is None else total + vec
+        summed = self.reduce_and_check(params, total, f"{what} loss")
+        opt.step()
+        return {k: float(v) for k, v in zip(names, summed)}
 
     def optimizer_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, what: str) -> None:
         opt.zero_grad(set_to_none=True)
@@ -272,26 +309,31 @@ class NadaTrainer(ClipAdaptTrainer):
         if cfg.auto_layer_k is not None and (self.selected is None or self.step % cfg.auto_layer_interval == 0):
             rec["layers"] = self.select_layers()
         gen = self.rng("nada")
-        z = self.latents(gen, self.batch)
-        with torch.no_grad():
-            ws_frozen = self.map(self.G_frozen, z)
-        ws = self.map(self.G, z) if self.map_trainable else ws_frozen
-        cams = self.random_cameras(gen, self.batch * self.views)
-        with torch.no_grad():
-            frozen = self.clip.encode(self.render(self.G_frozen, ws_frozen, cams), grad=False)
-        train = self.clip.encode(self.render(self.G, ws, cams))
-        loss = torch.zeros((), device=self.device)
-        if cfg.lambda_direction > 0:
-            d = self.clip.directional_from_embeddings(train, frozen)
-            loss = loss + cfg.lambda_direction * d.loss
-            rec["loss/direction"] = float(d.loss.detach())
-            rec.update({f"clip/{k}": v for k, v in d.per_model.items()})
-        if cfg.lambda_global > 0:
-            g = self.clip.global_from_embeddings(train)
-            loss = loss + cfg.lambda_global * g.loss
-            rec["loss/global"] = float(g.loss.detach())
-        rec["loss/total"] = float(loss.detach())
-        self.optimizer_step(self.opt, loss, "CLIP")
+        z = self.latents(gen, self.batch)  # (B, z_dim): the global batch, every process draws the same
+        cams = self.random_cameras(gen, self.batch * self.views)  # (B * V, 25)
+
+        def micro_loss(g: int, lat: slice, cam: slice):
+            with torch.no_grad():
+                ws_frozen = self.map(self.G_frozen, z[lat])
+            ws = self.map(self.G, z[lat]) if self.map_trainable else ws_frozen
+            with torch.no_grad():
+                frozen = self.clip.encode(self.render(self.G_frozen, ws_frozen, cams[cam]), grad=False)
+            train = self.clip.encode(self.render(self.G, ws, cams[cam]))
+            loss = torch.zeros((), device=self.device)
+            values: dict = {}
+            if cfg.lambda_direction > 0:
+                d = self.clip.directional_from_embeddings(train, frozen)
+                loss = loss + cfg.lambda_direction * d.loss
+                values["loss/direction"] = d.loss.detach()
+                values.update({f"clip/{k}": v for k, v in d.per_model.items()})
+            if cfg.lambda_global > 0:
+                gl = self.clip.global_from_embeddings(train)
+                loss = loss + cfg.lambda_global * gl.loss
+                values["loss/global"] = gl.loss.detach()
+            values["loss/total"] = loss.detach()
+            return loss, values
+
+        rec.update(self.accumulate_step(self.opt, self.params, micro_loss, "CLIP"))
         return rec
 
     def extra_stats(self) -> dict:

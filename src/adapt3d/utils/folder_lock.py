@@ -230,3 +230,19 @@ def job_folder(out: str | os.PathLike, job: str, flag: str = "--out", enabled: b
             if enabled:
                 sweep_stale_temps(out)
             yield lock
+
+
+def writes_folder(job: str, folder_of=None, flag: str = "--out"):
+    """Decorator of a command's ``run(cfg, ...)``: the command holds :func:`job_folder` on ``folder_of(cfg)``
+    (default ``cfg.out``) while it runs. Under torchrun only rank 0 takes the lock (the ranks share the folder)."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(cfg, *args, **kwargs):
+            folder = folder_of(cfg) if folder_of is not None else cfg.out
+            rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+            with job_folder(folder, job, flag, enabled=rank0):
+                return fn(cfg, *args, **kwargs)
+        return wrapper
+    return deco
