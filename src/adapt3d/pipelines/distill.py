@@ -104,7 +104,9 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    with job_folder(cfg.out, "distill"):  # one writer; a run that fails before any work leaves no folder behind
+    from adapt3d.training.distributed import world_info
+    # One writer (rank 0 under torchrun); a run that fails before any work leaves no folder behind.
+    with job_folder(cfg.out, "distill", enabled=world_info().is_main):
         result = _run(cfg, callbacks, prompts, device)
     result.seconds = time.time() - t0
     return result
@@ -112,8 +114,10 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
 
 def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillResult:
     from adapt3d.diffusion.sds import ScoreDistillation
+    from adapt3d.training.distributed import barrier, init_distributed
     out = Path(cfg.out)
-    run_folder = RunFolder(out, echo=cfg.progress)
+    info, device = init_distributed(device)  # data-parallel under torchrun; rank 0 writes every file
+    run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)
     diffusion, clip_name = resolve_models(cfg)
@@ -125,7 +129,11 @@ def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillRe
         from adapt3d.data.eg3d_dataset import EG3DDataset
         dataset = EG3DDataset(cfg.dataset)
 
+    if not info.is_main:
+        barrier()  # rank 0 loads (downloads) first
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, load_discriminator=cfg.lambda_gan > 0)
+    if info.is_main:
+        barrier()
     G = loaded.generator
     notes = list(loaded.notes)
     if dataset is not None:
@@ -159,9 +167,11 @@ def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillRe
         notes.append("discriminator from the source checkpoint" if loaded.discriminator is not None
                      else "discriminator initialised at random (the source has no D)")
         group = D.b4.mbstd.group_size if D.b4.mbstd is not None else None
-        if group is not None and cfg.batch % min(group, cfg.batch):
-            raise ValueError(f"--batch: the discriminator's minibatch-std groups of {group} need a batch divisible "
-                             f"by {min(group, cfg.batch)}, got {cfg.batch}")
+        micro = cfg.batch_gpu or cfg.batch // info.world_size  # D sees one micro-batch at a time
+        if group is not None and micro % min(group, micro):
+            flag = "--batch-gpu" if cfg.batch_gpu else "--batch"
+            raise ValueError(f"{flag}: the discriminator's minibatch-std groups of {group} need a micro-batch "
+                             f"divisible by {min(group, micro)}, got {micro}")
     scorer = None
     if clip_name is not None:
         from adapt3d.clip import CLIPScorer
@@ -181,8 +191,10 @@ def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillRe
     trainer = DistillTrainer(cfg, model, sds, prompts, D=D, source=source, dataset=dataset, scorer=scorer,
                              device=device, run_folder=run_folder, resume_from=resume_from,
                              text_encoder_info={"diffusion": diffusion, "text_dim": sds.text_dim},
-                             callbacks=callbacks, notes=notes)
+                             callbacks=callbacks, notes=notes, dist=info)
     result = trainer.run_training()
+    if not info.is_main:  # the other processes only train; rank 0 evaluates
+        return result
     trainer.model.requires_grad_(False)
     if cfg.evaluate:
         seeds = parse_seeds(cfg.eval_seeds, "--eval-seeds")

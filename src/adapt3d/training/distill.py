@@ -87,10 +87,13 @@ class DistillTrainer(TrainerCore):
                  dataset=None, scorer=None, device: torch.device | str = "cpu", run_folder: RunFolder | None = None,
                  resume_from: str | Path | None = None, text_encoder_info: dict | None = None,
                  callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = (), dist=None):
-        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from, dist=dist,
+        from adapt3d.training.distributed import world_info
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from,
+                         dist=dist if dist is not None else world_info(),
                          callbacks=callbacks, notes=notes, total_steps=resolved_steps(cfg),
                          tick_steps=cfg.tick_steps, snapshot_steps=cfg.snapshot_steps, progress=cfg.progress)
         self.cfg, self.prompts, self.sds, self.scorer = cfg, list(prompts), sds, scorer
+        self.batch_gpu, self.accum = self.split_batch(cfg.batch, cfg.batch_gpu)
         self.text_encoder_info = dict(text_encoder_info or {})
         self.model = model.to(self.device).train()
         self.D = D.to(self.device).train().requires_grad_(False) if D is not None and cfg.lambda_gan > 0 else None
@@ -168,8 +171,8 @@ class DistillTrainer(TrainerCore):
         save_text_conditioned(folder, self.model, self.D, metadata=metadata, text_encoder=self.text_encoder_info)
 
     # -- one step --------------------------------------------------------------------------------------------------
-    def _rng(self, phase: str) -> torch.Generator:
-        return self.seed_step(self.cfg.seed, phase)  # also seeds the global RNG (ray jitter, synthesis noise)
+    def _rng(self, phase: str, g: int = 0) -> torch.Generator:
+        return self.seed_step(self.cfg.seed, phase, g)  # also seeds the global RNG (ray jitter, synthesis noise)
 
     def _c_cond(self, n: int) -> torch.Tensor:
         r = self.model.rendering
@@ -197,46 +200,33 @@ class DistillTrainer(TrainerCore):
         out = self.source.synthesis(ws, c, neural_rendering_resolution=self.nrr, sampling="stochastic")
         return out.image, out.image_raw, c
 
-    def _grads_finite(self, params) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
-
     def train_step(self) -> dict:
-        cfg, b = self.cfg, self.cfg.batch
+        """One step over the global batch: this process's micro-batches (global index g, randomness from
+        ``(seed, step, phase, g)``), gradients summed over micro-batches and processes; a G or D update whose loss or
+        gradient is not finite is skipped (on every process alike) and the step counted in ``skipped``."""
+        cfg = self.cfg
         # Every step in train mode, whatever ran before it (eval renders, callbacks, a resume): the mode picks the
         # modulated convolutions' code path (fused or not), whose rounding differs.
         self.model.train()
-        gen = self._rng("G")
-        z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
-        poses, c = self._cameras(b, gen)
-        k = torch.randint(len(self.prompts), (b,), generator=gen).to(self.device)
-        views = view_index(poses.yaw).to(self.device) if cfg.view_prompts else None
-        text = self.texts[k]  # (B, L, D)
-        teacher = self.view_texts[views, k] if views is not None else text
-        self.opt_G.zero_grad(set_to_none=True)
-        ws = self.model.mapping(z, self._c_cond(b), text, truncation_psi=cfg.trunc)
-        out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
         t_range = timestep_range(self.step, self.total_steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final)
-        rec: dict = {}
-        loss = torch.zeros((), device=self.device)
-        if cfg.lambda_sds > 0:
-            s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
-                         guidance_scale=cfg.guidance_scale, t_range=t_range, weighting=cfg.weighting,
-                         grad_clip=cfg.grad_clip, generator=gen)
-            loss = loss + cfg.lambda_sds * s.loss
-            rec.update({"sds/grad_norm": s.info["grad_norm"], "sds/t_mean": s.info["t_mean"],
-                        "sds/nonfinite": float(s.info["nonfinite"])})
-        if self.D is not None:
-            g_gan = losses.loss_g_nonsaturating(self.D({"image": out.image, "image_raw": out.image_raw}, c))
-            loss = loss + cfg.lambda_gan * g_gan
-            rec["loss/G_gan"] = float(g_gan.detach())
-        loss.backward()
-        ok = bool(torch.isfinite(loss.detach())) and self._grads_finite(self.g_params)
+        share = self.batch_gpu / cfg.batch
+        self.opt_G.zero_grad(set_to_none=True)
+        fakes, names, total = [], [], None
+        for g in self.micro_batch_indices(self.accum):
+            fake, values = self._g_micro_batch(g, t_range, share)
+            fakes.append((g, fake))
+            names = sorted(values)
+            vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.device).reshape(())
+                               for k in names]) * share
+            total = vec if total is None else total + vec
+        summed, ok = self.reduce_grads(self.g_params, total)
         if ok:
             self.opt_G.step()
         else:
             self.opt_G.zero_grad(set_to_none=True)
+        rec: dict = {k: float(v) for k, v in zip(names, summed)}
         if self.D is not None:
-            d_rec = self._step_D(out.image.detach(), out.image_raw.detach(), c)
+            d_rec = self._step_D(fakes, share)
             ok = ok and not d_rec.pop("skipped_D")
             rec.update(d_rec)
         self.skipped += int(not ok)  # a step is skipped if its G or its D update was (the core bounds the count)
@@ -244,28 +234,65 @@ class DistillTrainer(TrainerCore):
         rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
         return rec
 
-    def _step_D(self, fake, fake_raw, fake_c) -> dict:
+    def _g_micro_batch(self, g: int, t_range, share: float):
+        """Forward + backward (weighted by ``share``) of generator micro-batch ``g``; returns its detached renders
+        (image, raw image, cameras) for D and its values."""
+        cfg, b = self.cfg, self.batch_gpu
+        gen = self._rng("G", g)
+        z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
+        poses, c = self._cameras(b, gen)
+        k = torch.randint(len(self.prompts), (b,), generator=gen).to(self.device)
+        views = view_index(poses.yaw).to(self.device) if cfg.view_prompts else None
+        text = self.texts[k]  # (b, L, D)
+        teacher = self.view_texts[views, k] if views is not None else text
+        ws = self.model.mapping(z, self._c_cond(b), text, truncation_psi=cfg.trunc)
+        out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
+        values: dict = {}
+        loss = torch.zeros((), device=self.device)
+        if cfg.lambda_sds > 0:
+            s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
+                         guidance_scale=cfg.guidance_scale, t_range=t_range, weighting=cfg.weighting,
+                         grad_clip=cfg.grad_clip, generator=gen)
+            loss = loss + cfg.lambda_sds * s.loss
+            values.update({"sds/grad_norm": s.info["grad_norm"], "sds/t_mean": s.info["t_mean"],
+                           "sds/nonfinite": float(s.info["nonfinite"])})
+        if self.D is not None:
+            g_gan = losses.loss_g_nonsaturating(self.D({"image": out.image, "image_raw": out.image_raw}, c))
+            loss = loss + cfg.lambda_gan * g_gan
+            values["loss/G_gan"] = g_gan.detach()
+        (loss * share).backward()
+        return (out.image.detach(), out.image_raw.detach(), c), values
+
+    def _step_D(self, fakes, share: float) -> dict:
+        """Logistic loss on the detached renders vs real images (+ lazy R1), micro-batch by micro-batch."""
         cfg = self.cfg
-        gen = self._rng("D")
-        real, real_raw, real_c = self._reals(fake.shape[0], gen)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
-        fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
-        real_logits = self.D({"image": real, "image_raw": real_raw}, real_c)
-        loss = losses.loss_d_logistic(real_logits, fake_logits)
-        loss.backward()
-        rec = {"loss/D": float(loss.detach()), "logits/fake": float(fake_logits.detach().mean()),
-               "logits/real": float(real_logits.detach().mean())}
-        if cfg.r1_gamma > 0 and (self.step % cfg.d_reg_interval == 0):
-            image = real.detach().requires_grad_(True)
-            raw = real_raw.detach().requires_grad_(True)
-            r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
-            (r1.loss * cfg.d_reg_interval).backward()
-            rec["loss/r1_penalty"] = float(r1.penalty.detach())
-        d_ok = bool(torch.isfinite(loss.detach())) and self._grads_finite(self.D.parameters())
+        r1_due = cfg.r1_gamma > 0 and (self.step % cfg.d_reg_interval == 0)
+        names, total = [], None
+        for g, (fake, fake_raw, fake_c) in fakes:
+            gen = self._rng("D", g)
+            real, real_raw, real_c = self._reals(fake.shape[0], gen)
+            fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
+            real_logits = self.D({"image": real, "image_raw": real_raw}, real_c)
+            loss = losses.loss_d_logistic(real_logits, fake_logits)
+            (loss * share).backward()
+            values = {"loss/D": loss.detach(), "logits/fake": fake_logits.detach().mean(),
+                      "logits/real": real_logits.detach().mean()}
+            if r1_due:
+                image = real.detach().requires_grad_(True)
+                raw = real_raw.detach().requires_grad_(True)
+                r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
+                (r1.loss * cfg.d_reg_interval * share).backward()
+                values["loss/r1_penalty"] = r1.penalty.detach()
+            names = sorted(values)
+            vec = torch.stack([values[k].float().reshape(()) for k in names]) * share
+            total = vec if total is None else total + vec
+        summed, d_ok = self.reduce_grads(list(self.D.parameters()), total)
         if d_ok:
             self.opt_D.step()
         self.D.requires_grad_(False)
+        rec = {k: float(v) for k, v in zip(names, summed)}
         rec["skipped_D"] = not d_ok
         return rec
 

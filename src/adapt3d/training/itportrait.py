@@ -69,9 +69,6 @@ class ITportraitTrainer(ClipAdaptTrainer):
     def __init__(self, cfg: ITportraitConfig, G, clip_loss: CLIPDirectionalLoss, reference: Reference,
                  recon_loss, **kw):
         super().__init__(cfg, G, clip_loss, **kw)
-        if self.dist.world_size > 1:
-            raise ValueError(f"itportrait: runs in one process (its image/text branch is chosen from whole-batch "
-                             f"statistics); launched with {self.dist.world_size} processes, run it without torchrun")
         num_ws = self.G.num_ws
         if tuple(reference.ws.shape) != (1, num_ws, self.G.w_dim):
             raise ValueError(f"--latent: ws has shape {tuple(reference.ws.shape)}, the generator needs "
@@ -104,6 +101,7 @@ class ITportraitTrainer(ClipAdaptTrainer):
 
     # -- stages -------------------------------------------------------------------------------------------------
     def apt_step(self) -> dict:
+        """One stage-1 step; every process computes the whole (small) --apt-batch, so they stay identical."""
         gen = self.rng("apt")
         n = resolved(self.cfg, "apt_batch")
         ws = self.apt_latents(gen, n)
@@ -139,12 +137,17 @@ class ITportraitTrainer(ClipAdaptTrainer):
             dI = styled[i] - frozen[i] if styled is not None else torch.zeros_like(frozen[i])
             directions[i] = mixed_direction(dT, dI, float(weights[0]), float(weights[1]))
         self.last_directions = [None if d is None else d.detach() for d in directions]  # for inspection
-        train = self.clip.encode(self.render(self.G, ws, cams))
-        d = self.clip.directional_from_embeddings(train, frozen, directions)
-        self.optimizer_step(self.opt, d.loss, "ITE directional")
-        rec.update({"loss/direction": float(d.loss.detach()), "branch/text": 1.0 if branch == "text" else 0.0,
-                    "branch": branch, "weights": list(weights)})
-        rec.update({f"clip/{k}": v for k, v in d.per_model.items()})
+
+        # The frozen / image-model embeddings and the branch above cover the whole batch on every process (no
+        # gradient), so all processes take the same branch; the trained renders are split into micro-batches.
+        def micro_loss(g: int, lat: slice, cam: slice):
+            train = self.clip.encode(self.render(self.G, ws[lat], cams[cam]))
+            part = lambda xs: [None if x is None else x[cam] for x in xs]  # noqa: E731
+            d = self.clip.directional_from_embeddings(train, part(frozen), part(directions))
+            return d.loss, {"loss/direction": d.loss.detach(), **{f"clip/{k}": v for k, v in d.per_model.items()}}
+
+        rec.update(self.accumulate_step(self.opt, self.params, micro_loss, "ITE directional"))
+        rec.update({"branch/text": 1.0 if branch == "text" else 0.0, "branch": branch, "weights": list(weights)})
         return rec
 
     def train_step(self) -> dict:

@@ -88,15 +88,7 @@ class ClipAdaptTrainer(TrainerCore):
         self.cfg, self.clip = cfg, clip_loss
         self.steps = self.total_steps
         self.batch, self.views = resolved(cfg, "batch"), resolved(cfg, "num_views")
-        world = self.dist.world_size
-        if self.batch % world:
-            raise ValueError(f"--batch: {self.batch} latents cannot be split over {world} processes; give a multiple "
-                             f"of {world}")
-        self.batch_gpu = cfg.batch_gpu or self.batch // world
-        if (self.batch // world) % self.batch_gpu:
-            raise ValueError(f"--batch-gpu: {self.batch_gpu} does not divide the {self.batch // world} latents of each "
-                             f"of the {world} process(es) (--batch {self.batch})")
-        self.accum = self.batch // world // self.batch_gpu
+        self.batch_gpu, self.accum = self.split_batch(self.batch, cfg.batch_gpu)
         # Train mode for both: the same (non-fused) convolution path, so the pair differs only by the weights and
         # the first step's renders are identical (image direction 0).
         self.G_frozen = copy.deepcopy(G).to(self.device).train().requires_grad_(False)
@@ -156,8 +148,7 @@ class ClipAdaptTrainer(TrainerCore):
     def micro_batches(self):
         """(global index g, latent slice, camera slice) of this process's micro-batches of the global batch."""
         b, v = self.batch_gpu, self.views
-        for a in range(self.accum):
-            g = self.dist.rank * self.accum + a
+        for g in self.micro_batch_indices(self.accum):
             yield g, slice(g * b, (g + 1) * b), slice(g * b * v, (g + 1) * b * v)
 
     def accumulate_step(self, opt: torch.optim.Optimizer, params, micro_loss, what: str) -> dict:

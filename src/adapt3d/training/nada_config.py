@@ -164,6 +164,9 @@ def identity_of(cfg: ClipAdaptConfig) -> dict:
     d = {f.name: to_jsonable(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     if d.get("batch_gpu") is None:  # only when given, so that older run folders keep their identity
         d.pop("batch_gpu", None)
+    from adapt3d.utils.job_identity import input_digests
+    d.update(input_digests(generator=cfg.generator, style_image=getattr(cfg, "style_image", None),
+                           latent=getattr(cfg, "latent", None)))  # local inputs by their contents
     for name in ("style_image", "latent", "style_camera"):
         if d.get(name):
             d[name] = str(Path(d[name]).expanduser().resolve())

@@ -188,24 +188,42 @@ class TrainerCore:
         return torch.Generator().manual_seed(s)
 
     # -- gradients, divergence ------------------------------------------------------------------------------------
-    def reduce_and_check(self, params: Iterable[torch.Tensor], values: torch.Tensor, what: str,
-                         skip: bool = False) -> torch.Tensor | None:
-        """Sum the gradients of ``params`` and ``values`` over processes (one flattened all-reduce); if any is not
-        finite, stop (:meth:`diverged`) or, with ``skip``, return None (the caller skips the update). Returns the
-        summed values."""
+    def split_batch(self, batch: int, batch_gpu: int | None, flag: str = "--batch") -> tuple[int, int]:
+        """(micro-batch size, micro-batches per process) of a global ``batch`` over this run's processes."""
+        world = self.dist.world_size
+        if batch % world:
+            raise ValueError(f"{flag}: {batch} samples cannot be split over {world} processes; give a multiple of "
+                             f"{world}")
+        batch_gpu = batch_gpu or batch // world
+        if (batch // world) % batch_gpu:
+            raise ValueError(f"--batch-gpu: {batch_gpu} does not divide the {batch // world} samples of each of the "
+                             f"{world} process(es) ({flag} {batch})")
+        return batch_gpu, batch // world // batch_gpu
+
+    def micro_batch_indices(self, accum: int) -> list[int]:
+        """Global indices of this process's micro-batches (rank r holds r * accum ... r * accum + accum - 1)."""
+        return [self.dist.rank * accum + a for a in range(accum)]
+
+    def reduce_grads(self, params: Iterable[torch.Tensor], values: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Sum the gradients of ``params`` and ``values`` over processes (one flattened all-reduce), in place;
+        returns (summed values, whether everything is finite) - the same answer on every process."""
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads] + [values.reshape(-1)])
         all_reduce_sum_([flat])
-        if not bool(torch.isfinite(flat).all()):
-            if skip:
-                return None
-            bad = "loss" if not bool(torch.isfinite(flat[-values.numel():]).all()) else "gradient"
-            self.diverged(f"the {what} {bad} became NaN or infinite")
+        finite = bool(torch.isfinite(flat).all())
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-        return flat[-values.numel():]
+        return flat[-values.numel():], finite
+
+    def reduce_and_check(self, params: Iterable[torch.Tensor], values: torch.Tensor, what: str) -> torch.Tensor:
+        """:meth:`reduce_grads`, stopping the run (:meth:`diverged`) if a value or gradient is not finite."""
+        summed, finite = self.reduce_grads(params, values)
+        if not finite:
+            bad = "loss" if not bool(torch.isfinite(summed).all()) else "gradient"
+            self.diverged(f"the {what} {bad} became NaN or infinite")
+        return summed
 
     def max_skipped_steps(self) -> int:
         return max(self.min_skipped_allowed, int(self.skipped_fraction_allowed * self.total_steps))

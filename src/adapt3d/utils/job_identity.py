@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["content_digest", "identity_changes", "identity_error", "check_identity"]
+__all__ = ["content_digest", "identity_changes", "identity_error", "check_identity", "input_digests"]
 
 
 def content_digest(path: str | os.PathLike) -> str:
@@ -66,3 +66,20 @@ def check_identity(folder: str | os.PathLike, job: str, old: dict | None, new: d
     """Raise :func:`identity_error` when a recorded identity ``old`` differs from ``new`` (None: nothing recorded)."""
     if old is not None and identity_changes(old, new):
         raise identity_error(folder, job, old, new, flag)
+
+
+def input_digests(**inputs: str | os.PathLike | None) -> dict[str, str]:
+    """``{"<name>_sha256": digest}`` for each input that is a local path: a checkpoint folder by its checkpoint.json
+    (which records the sha256 of every weight file), any other folder or file by :func:`content_digest`. Inputs that
+    are not local paths (None, a known model name, a hub id) are left out: their name is already an option."""
+    out = {}
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue
+        if path.is_dir() and (path / "checkpoint.json").is_file():
+            path = path / "checkpoint.json"
+        out[f"{name}_sha256"] = content_digest(path)
+    return out
