@@ -55,7 +55,8 @@ def holder(tmp_path):
 
 def test_live_holder_is_named_and_a_killed_one_is_recovered(holder):
     folder, proc = holder
-    with pytest.raises(FolderLockedError, match=rf"--out: .*locked is being written by adapt3d finetune, pid {proc.pid}"):
+    with pytest.raises(FolderLockedError, match=rf"--out: .*locked is being written by adapt3d finetune, "
+                                                 rf"pid {proc.pid}"):
         FolderLock(folder, "distill").acquire()
     proc.kill()  # kill -9: the lock file stays, naming a dead pid
     proc.wait()

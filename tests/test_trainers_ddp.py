@@ -10,22 +10,17 @@ import textwrap
 import pytest
 import torch
 
-NADA_WORKER = textwrap.dedent('''
+CLIP_WORKER = textwrap.dedent('''
     import json, sys
     import torch
     import torch.distributed as dist
-    from adapt3d.clip import CLIPScorer
-    from adapt3d.clip.directional import CLIPDirectionalLoss
-    from adapt3d.models.triplane import build_generator
+    sys.path.insert(0, sys.argv[5])
+    from test_trainers_ddp import make_clip_trainer
     from adapt3d.training.distributed import init_distributed
-    from adapt3d.training.nada import NadaTrainer
-    from adapt3d.training.nada_config import NadaConfig
 
     torch.set_num_threads(1)
     info, device = init_distributed(torch.device("cpu"))
-    clip = CLIPDirectionalLoss([CLIPScorer.from_pretrained(sys.argv[1])], [1.0], "photo", "zombie")
-    cfg = NadaConfig(**json.loads(sys.argv[3]))
-    trainer = NadaTrainer(cfg, build_generator("tiny"), clip, dist=info)
+    trainer = make_clip_trainer(sys.argv[3], sys.argv[1], json.loads(sys.argv[4]), dist=info)
     trainer.run_training()
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.G.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
@@ -39,11 +34,35 @@ NADA_WORKER = textwrap.dedent('''
     dist.destroy_process_group()
 ''')
 
+
+def make_clip_trainer(method, clip_path, cfg, dist=None):
+    """A NADA or ITportrait trainer on the tiny preset (the ITportrait reference as in test_itportrait)."""
+    from adapt3d.clip import CLIPScorer
+    from adapt3d.clip.directional import CLIPDirectionalLoss
+    from adapt3d.models.triplane import build_generator
+    clip = CLIPDirectionalLoss([CLIPScorer.from_pretrained(str(clip_path))], [1.0], "photo", "zombie")
+    if method == "nada":
+        from adapt3d.training.nada import NadaTrainer
+        from adapt3d.training.nada_config import NadaConfig
+        return NadaTrainer(NadaConfig(**cfg), build_generator("tiny"), clip, dist=dist)
+    from adapt3d.pipelines.render import default_cameras
+    from adapt3d.training.itp_config import ITportraitConfig
+    from adapt3d.training.itportrait import ITportraitTrainer, Reference
+    G = build_generator("tiny")
+    g = torch.Generator().manual_seed(7)
+    cam = default_cameras(G, torch.tensor([1.7]), torch.tensor([1.5]))
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.z_dim, generator=g), cam)
+    ref = Reference(ws=ws, camera=cam, image=torch.rand(1, 3, 64, 64, generator=g) * 2 - 1)
+    mse = lambda x, y: (x - y).pow(2).flatten(1).mean(1)  # noqa: E731
+    return ITportraitTrainer(ITportraitConfig(style_image=None, **cfg), G, clip, ref, mse, dist=dist)
+
+
 NADA_CFG = dict(preset="tiny", prompt="zombie", source_text="photo", progress=False, neural_rendering_resolution=16,
                 seeds="0", steps=2, batch=2, batch_gpu=1, num_views=2, lr=0.01)
 
 
-def _torchrun(script, args, nproc=2, timeout=300):
+def _torchrun(script, args, nproc=2, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("WORLD_SIZE", None)
@@ -54,25 +73,22 @@ def _torchrun(script, args, nproc=2, timeout=300):
 
 
 @pytest.mark.slow
-def test_nada_two_processes_match_one(tmp_path):
-    from adapt3d.clip import CLIPScorer
-    from adapt3d.clip.directional import CLIPDirectionalLoss
+@pytest.mark.parametrize("method", ["nada", "itportrait"])
+def test_clip_adaptation_two_processes_match_one(tmp_path, method):
     from adapt3d.diffusion.tiny_models import make_tiny_clip
     from adapt3d.models.triplane import build_generator
-    from adapt3d.training.nada import NadaTrainer
-    from adapt3d.training.nada_config import NadaConfig
 
+    cfg = dict(NADA_CFG, **({"apt_batch": 1} if method == "itportrait" else {}))  # itportrait: step 0 APT, 1 ITE
     clip_path = make_tiny_clip(tmp_path / "clip")
     script = tmp_path / "worker.py"
-    script.write_text(NADA_WORKER)
-    _torchrun(script, [clip_path, tmp_path / "ddp", json.dumps(NADA_CFG)])
+    script.write_text(CLIP_WORKER)
+    _torchrun(script, [clip_path, tmp_path / "ddp", method, json.dumps(cfg), os.path.dirname(__file__)])
     ranks = json.loads((tmp_path / "ddp.json").read_text())
     assert ranks["world_size"] == 2 and ranks["step"] == 2 and ranks["accum"] == 1
     assert max(ranks["max_diff"]) == 0.0  # both processes hold the same generator
 
     torch.set_num_threads(1)
-    clip = CLIPDirectionalLoss([CLIPScorer.from_pretrained(str(clip_path))], [1.0], "photo", "zombie")
-    single = NadaTrainer(NadaConfig(**NADA_CFG), build_generator("tiny"), clip)
+    single = make_clip_trainer(method, clip_path, cfg)
     assert single.accum == 2  # the same two micro-batches, in one process
     single.run_training()
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -81,7 +97,10 @@ def test_nada_two_processes_match_one(tmp_path):
     assert moved > 1e-4  # the steps did change G
     for k, v in single.G.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=0, atol=1e-6, msg=k)
-    assert ranks["losses"] == pytest.approx([s.get("loss/direction") for s in single.stats], abs=1e-6)
+    ite = [s.get("loss/direction") for s in single.stats]
+    assert [x is None for x in ranks["losses"]] == [x is None for x in ite]
+    got = [x for x in ranks["losses"] if x is not None]
+    assert got and got == pytest.approx([x for x in ite if x is not None], abs=1e-6)
 
 
 DISTILL_WORKER = textwrap.dedent('''
@@ -126,8 +145,8 @@ def test_distill_two_processes_match_one(tmp_path):
     for name in ("conditioning.safetensors", "discriminator.safetensors"):
         a, b = load_file(tmp_path / "ddp" / "final" / name), load_file(tmp_path / "single" / "final" / name)
         assert a.keys() == b.keys()
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name} {k}")
+        diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
+        assert max(diffs.values()) <= 1e-6, (name, sorted(diffs.items(), key=lambda kv: -kv[1])[:5])
     gates = {k: v for k, v in load_file(tmp_path / "single" / "final" / "conditioning.safetensors").items()
              if "gate" in k}
     assert gates and any(float(v.abs().max()) > 0 for v in gates.values())  # the steps did train the conditioning
@@ -159,7 +178,7 @@ def test_finetune_on_two_simulated_nodes_matches_one_process(tmp_path):
                                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
                                str(script), str(dataset), str(tmp_path / "multi")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in nodes]
+    outputs = [p.communicate(timeout=900)[0] for p in nodes]
     assert all(p.returncode == 0 for p in nodes), "\n".join(o[-2000:] for o in outputs)
     ranks = json.loads((tmp_path / "multi" / "ranks.json").read_text())
     assert ranks["world_size"] == 2 and max(ranks["max_diff"]) == 0.0

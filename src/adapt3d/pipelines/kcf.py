@@ -184,7 +184,7 @@ def _load_images(root: Path, records: list[dict], size: int, bar) -> torch.Tenso
     return out  # (N, 3, S, S) uint8
 
 
-@writes_folder("kcf", lambda cfg: Path(cfg.dataset) / "kcf", flag="DATASET")
+@writes_folder("kcf", lambda cfg: Path(cfg.dataset) / "kcf" if Path(cfg.dataset).is_dir() else None, flag="DATASET")
 def kcf(cfg: KcfConfig) -> KcfResult:
     t0 = time.time()
     records = validate(cfg)

@@ -30,8 +30,8 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["FolderLock", "FolderLockedError", "LOCK_NAME", "pid_alive", "sweep_stale_temps", "folder_lock", "job_folder",
-           "temp_writer_pid"]
+__all__ = ["FolderLock", "FolderLockedError", "LOCK_NAME", "pid_alive", "sweep_stale_temps", "folder_lock",
+           "job_folder", "temp_writer_pid", "writes_folder"]
 
 LOCK_NAME = ".adapt3d.lock"
 
@@ -234,13 +234,15 @@ def job_folder(out: str | os.PathLike, job: str, flag: str = "--out", enabled: b
 
 def writes_folder(job: str, folder_of=None, flag: str = "--out"):
     """Decorator of a command's ``run(cfg, ...)``: the command holds :func:`job_folder` on ``folder_of(cfg)``
-    (default ``cfg.out``) while it runs. Under torchrun only rank 0 takes the lock (the ranks share the folder)."""
+    (default ``cfg.out``; None: no folder to lock) while it runs. Under torchrun only rank 0 takes the lock (the ranks share the folder)."""
     import functools
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(cfg, *args, **kwargs):
             folder = folder_of(cfg) if folder_of is not None else cfg.out
+            if folder is None:  # nothing to write to yet (e.g. a missing input folder): the job reports it
+                return fn(cfg, *args, **kwargs)
             rank0 = int(os.environ.get("RANK", "0") or 0) == 0
             with job_folder(folder, job, flag, enabled=rank0):
                 return fn(cfg, *args, **kwargs)

@@ -71,8 +71,8 @@ def no_space_error(exc: BaseException, path: str | os.PathLike) -> NoSpaceError 
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    The temporary file ``.<stem>.<pid>.tmpXXXXXXXX<suffix>`` keeps ``path``'s suffix (or ``suffix``) so that writers which pick a format from the
-    extension (imageio, trimesh, PIL) still work, and gets the permissions a plain ``open(path, "w")`` would (0666
+    The temporary file ``.<stem>.<pid>.tmpXXXXXXXX<suffix>`` keeps ``path``'s suffix (or ``suffix``) so that
+    writers which pick a format from the extension (imageio, trimesh, PIL) still work, and gets the permissions a plain ``open(path, "w")`` would (0666
     less the umask). On any exception the temporary file is removed and ``path`` is left untouched; a write that
     failed because the disk is full is raised as ``NoSpaceError`` ("no space left on <mount point> ...").
     """
