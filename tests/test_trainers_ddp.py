@@ -146,7 +146,11 @@ def test_distill_two_processes_match_one(tmp_path):
         a, b = load_file(tmp_path / "ddp" / "final" / name), load_file(tmp_path / "single" / "final" / name)
         assert a.keys() == b.keys()
         diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
-        assert max(diffs.values()) <= 1e-6, (name, sorted(diffs.items(), key=lambda kv: -kv[1])[:5])
+        # Not bit-exact as finetune/NADA are: the processes' renders and SDS noise are the same, but float rounding
+        # differs slightly, and Adam's first steps (update ~ lr * g / |g|) magnify it on near-zero gradients. Measured
+        # on the 2-core CPU, 2026-12-03: at most 4.7e-5 (cross_attention.to_kv.bias, lr 0.02), most tensors < 1e-6.
+        assert max(diffs.values()) <= 2e-4, (name, sorted(diffs.items(), key=lambda kv: -kv[1])[:5])
+        assert sorted(diffs.values())[len(diffs) // 2] <= 1e-6  # the median tensor agrees to float rounding
     gates = {k: v for k, v in load_file(tmp_path / "single" / "final" / "conditioning.safetensors").items()
              if "gate" in k}
     assert gates and any(float(v.abs().max()) > 0 for v in gates.values())  # the steps did train the conditioning
