@@ -79,8 +79,8 @@ def _command(job: str, out: Path, assets: dict) -> list[str]:
 
 def _result_files(job: str, out: Path) -> dict[str, bytes]:
     names = JOBS[job][1]
-    if names is None:  # every annotation and image of synth
-        return {p.relative_to(out).as_posix(): p.read_bytes()
+    if names is None:  # every annotation and image of synth (annotations name the output folder: made neutral)
+        return {p.relative_to(out).as_posix(): p.read_bytes().replace(str(out).encode(), b"<out>")
                 for p in sorted(out.glob("*/*/*/*")) if p.is_file() and not p.name.startswith(".")}
     return {n: (out / n).read_bytes() for n in names}
 
