@@ -263,7 +263,7 @@ def test_second_concurrent_writer_is_refused(tmp_path, no_model_loading):
     import fcntl
     out = tmp_path / "locked"
     out.mkdir()
-    with open(out / ".make_dataset.lock", "w") as f:
+    with open(out / ".adapt3d.lock", "w") as f:  # held by this process's other file handle: like another process
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(ValueError, match="another make-dataset process"):
+        with pytest.raises(ValueError, match="is being written by"):
             run(MakeDatasetConfig(out=out, **FAST))

@@ -37,6 +37,7 @@ from adapt3d.training.config import AugmentOp, FinetuneConfig, validate_finetune
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_prompts, flag_name, parse_seeds, resolve_device
+from adapt3d.utils.folder_lock import writes_folder
 
 __all__ = ["AdaptConfig", "AdaptResult", "run", "run_clip_method", "stage_configs", "validate"]
 
@@ -225,6 +226,7 @@ def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
     return itportrait.run(itportrait.ITportraitConfig(**kw))
 
 
+@writes_folder("adapt")
 def run(cfg: AdaptConfig) -> AdaptResult:
     """Run (or resume) every stage; see the module docstring. All options are checked before any stage starts."""
     if cfg.instance_seed is not None or cfg.instance_latent is not None:

@@ -83,7 +83,10 @@ def train_stage(cfg: ClipAdaptConfig, device: torch.device, make_trainer: Callab
     """Load the source generator and the CLIP loss, then train (or resume, or skip when finished)."""
     from adapt3d.models.loading import load_generator
 
-    run_folder = RunFolder(Path(cfg.out) / "train", echo=cfg.progress)
+    from adapt3d.training.distributed import barrier, init_distributed
+
+    info, device = init_distributed(device)  # data-parallel under torchrun; rank 0 writes every file
+    run_folder = RunFolder(Path(cfg.out) / "train", is_main=info.is_main, echo=cfg.progress)
     identity = identity_of(cfg)
     steps = resolved(cfg, "steps")
     if _training_done(run_folder, identity, steps):
@@ -96,7 +99,11 @@ def train_stage(cfg: ClipAdaptConfig, device: torch.device, make_trainer: Callab
             raise ValueError(f"--steps: {steps} is fewer than the {done} steps of {resume_from}; give --steps >= "
                              f"{done} to continue that run, or use a new --out")
     t0 = time.time()
-    loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
+    if not info.is_main:
+        barrier()  # rank 0 loads (downloads) first
+    loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress and info.is_main)
+    if info.is_main:
+        barrier()
     result.notes += [n for n in loaded.notes if n not in result.notes]
     clip_loss = build_clip_loss(cfg, device)
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:

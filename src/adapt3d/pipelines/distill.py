@@ -40,7 +40,8 @@ from adapt3d.training.distill import DistillResult, DistillTrainer
 from adapt3d.training.distill_config import (DistillConfig, distill_identity, resolved_gan_options,
                                              validate_distill_config)
 from adapt3d.training.run_folder import RunFolder
-from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.folder_lock import job_folder
+from adapt3d.utils.io import atomic_write_json, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
 
 __all__ = ["DistillConfig", "DistillResult", "run", "resolve_models", "evaluate_prompts"]
@@ -109,15 +110,26 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
 
 def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillResult:
     """Distil as configured (see the module docstring). Raises ValueError naming the flag on bad input."""
-    from adapt3d.diffusion.sds import SDS_FAMILIES, ScoreDistillation
-    from adapt3d.diffusion.sources import require_family, resolve_model
     t0 = time.time()
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
     cfg.diffusion_options.check(device, gradients=True)
-    out = check_output_folder(Path(cfg.out))
-    run_folder = RunFolder(out, echo=cfg.progress)
+    from adapt3d.training.distributed import world_info
+    # One writer (rank 0 under torchrun); a run that fails before any work leaves no folder behind.
+    with job_folder(cfg.out, "distill", enabled=world_info().is_main):
+        result = _run(cfg, callbacks, prompts, device)
+    result.seconds = time.time() - t0
+    return result
+
+
+def _run(cfg: DistillConfig, callbacks, prompts: list[str], device) -> DistillResult:
+    from adapt3d.diffusion.sds import SDS_FAMILIES, ScoreDistillation
+    from adapt3d.diffusion.sources import require_family, resolve_model
+    from adapt3d.training.distributed import barrier, init_distributed
+    out = Path(cfg.out)
+    info, device = init_distributed(device)  # data-parallel under torchrun; rank 0 writes every file
+    run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)
     diffusion, clip_name = resolve_models(cfg)
@@ -144,7 +156,11 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         from adapt3d.data.eg3d_dataset import EG3DDataset
         dataset = EG3DDataset(cfg.dataset)
 
+    if not info.is_main:
+        barrier()  # rank 0 loads (downloads) first
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, load_discriminator=cfg.lambda_gan > 0)
+    if info.is_main:
+        barrier()
     G = loaded.generator
     notes = list(loaded.notes) + ([gan_note] if gan_note else [])
     if dataset is not None:
@@ -178,9 +194,11 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         notes.append("discriminator from the source checkpoint" if loaded.discriminator is not None
                      else "discriminator initialised at random (the source has no D)")
         group = D.b4.mbstd.group_size if D.b4.mbstd is not None else None
-        if group is not None and cfg.batch % min(group, cfg.batch):
-            raise ValueError(f"--batch: the discriminator's minibatch-std groups of {group} need a batch divisible "
-                             f"by {min(group, cfg.batch)}, got {cfg.batch}")
+        micro = cfg.batch_gpu or cfg.batch // info.world_size  # D sees one micro-batch at a time
+        if group is not None and micro % min(group, micro):
+            flag = "--batch-gpu" if cfg.batch_gpu else "--batch"
+            raise ValueError(f"{flag}: the discriminator's minibatch-std groups of {group} need a micro-batch "
+                             f"divisible by {min(group, micro)}, got {micro}")
     teacher_reals = None
     if gan["gan_real"] == "teacher":
         from adapt3d.training.distill import make_training_pose_sampler
@@ -202,12 +220,16 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
                                                               "view_front_deg", "view_back_deg", "yaw_spread",
                                                               "pitch_spread")}}
         made_with = to_jsonable(made_with)  # plain values, compared with what gan_reals.pt holds
+        if not info.is_main:
+            barrier()  # rank 0 builds (or checks) the pool first, the others load it
         teacher_reals = load_or_build_reals(out, made_with, lambda: build_teacher_reals(
             pool_source, sds, prompts, gan["gan_real_images"], strength=cfg.gan_real_strength,
             guidance_scale=cfg.gan_real_guidance, num_inference_steps=gan["gan_real_steps"], pose_sampler=sampler,
             trunc=cfg.trunc, seed=cfg.seed, view_prompts=cfg.view_prompts, view_front_deg=cfg.view_front_deg,
             view_back_deg=cfg.view_back_deg, c_cond=c_cond, device=device, progress=cfg.progress),
             samples_dir=run_folder.samples)
+        if info.is_main:
+            barrier()
         pool_source.train(pool_source is G)  # the base trains in train mode (see DistillTrainer)
         notes.append(f"GAN reals: {len(teacher_reals)} teacher img2img translations of source samples "
                      f"({run_folder.out / 'gan_reals.pt'})")
@@ -238,8 +260,10 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
                              device=device, run_folder=run_folder, resume_from=resume_from, teacher_reals=teacher_reals,
                              text_encoder_info={"diffusion": diffusion, "text_dim": sds.text_dim,
                                                 **_teacher_loading(opts)},
-                             callbacks=callbacks, notes=notes)
+                             callbacks=callbacks, notes=notes, dist=info)
     result = trainer.run_training()
+    if not info.is_main:  # the other processes only train; rank 0 evaluates
+        return result
     trainer.model.requires_grad_(False)
     if cfg.evaluate:
         seeds = parse_seeds(cfg.eval_seeds, "--eval-seeds")
@@ -247,5 +271,4 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
                          video_frames=cfg.video_frames, mesh=cfg.mesh, mesh_resolution=cfg.mesh_resolution,
                          notes=result.notes)
         run_folder.log(f"evaluation written to {out / 'eval'}")
-    result.seconds = time.time() - t0
     return result

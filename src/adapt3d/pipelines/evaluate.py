@@ -40,6 +40,7 @@ from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.render import render_views
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_at_least, check_text, check_trunc, flag_name, parse_seeds, resolve_device
+from adapt3d.utils.folder_lock import writes_folder
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
@@ -456,6 +457,7 @@ def _view_consistency(st: _State) -> tuple[dict, dict]:
     return res, examples
 
 
+@writes_folder("eval")
 def run(cfg: EvalConfig) -> EvalResult:
     """Run the evaluation (see the module docstring). Arguments are checked before any model is built."""
     from adapt3d.metrics.report import write_metrics_json

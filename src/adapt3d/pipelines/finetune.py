@@ -30,7 +30,7 @@ from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.training.loop import FinetuneResult, Trainer, TrainingDiverged
 from adapt3d.training.run_folder import RunFolder
 from adapt3d.training.schedules import resolve_rendering_schedule, uses_official_weights
-from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.io import check_output_folder, new_folder_removed_if_empty, to_jsonable
 from adapt3d.utils.parsing import resolve_device
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "TrainingDiverged", "run", "default_discriminator",
@@ -119,9 +119,17 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
     batch_gpu = validate_finetune_config(cfg, info.world_size)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    out = check_output_folder(Path(cfg.out))
-    EG3DDataset(cfg.dataset)  # format, emptiness, missing files: before loading a (possibly large) generator
-    run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
+    with new_folder_removed_if_empty(cfg.out):  # a run that fails before any work leaves no folder behind
+        EG3DDataset(cfg.dataset)  # format, emptiness, missing files: before loading a (possibly large) generator
+        out = check_output_folder(Path(cfg.out))
+        run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
+        with run_folder.writer("finetune"):
+            result = _run(cfg, callbacks, info, batch_gpu, device, run_folder)
+    result.seconds = time.time() - t0
+    return result
+
+
+def _run(cfg: FinetuneConfig, callbacks, info, batch_gpu: int, device, run_folder: RunFolder) -> FinetuneResult:
     identity = options_for_identity(cfg)
     resume_from = run_folder.resume_point(cfg.resume, identity)  # read by every rank before rank 0 writes below
     info, device = init_distributed(device)
@@ -153,9 +161,7 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
                       resume_from=resume_from, notes=notes)
     if info.is_main and not (run_folder.samples / "reals.png").is_file():
         _save_reals(run_folder, dataset)
-    result = trainer.run_training()
-    result.seconds = time.time() - t0
-    return result
+    return trainer.run_training()
 
 
 def _save_reals(run_folder: RunFolder, dataset: EG3DDataset, count: int = 16) -> None:

@@ -30,6 +30,7 @@ from adapt3d.export.video import write_video
 from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_text, parse_seeds, resolve_device
+from adapt3d.utils.folder_lock import writes_folder
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
 
@@ -172,6 +173,7 @@ def load_prompt_encoder(diffusion: str, device: torch.device, flag: str = "--dif
                                              torch_dtype=torch.float32, options=opts)
 
 
+@writes_folder("generate")
 def run(cfg: GenerateConfig) -> GenerateResult:
     """Run the generate job (see the module docstring). Arguments are checked before any model is loaded."""
     from adapt3d.models.text_conditioned import load_text_conditioned

@@ -60,6 +60,7 @@ from adapt3d.pipelines.targets import (model_names, resolve_img2img, source_pose
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 from adapt3d.utils.seeds import stream_seed
+from adapt3d.utils.folder_lock import writes_folder
 
 __all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs", "candidate_seed", "candidate_prompt",
            "CANDIDATE_STREAM", "DEFAULT_NUM_CANDIDATES"]
@@ -421,6 +422,7 @@ def _render_stage(cfg: InstanceConfig, parts: dict, G_src, code, device, result:
                  first_captions=[["instance, source", "instance, adapted"]])
 
 
+@writes_folder("instance")
 def run(cfg: InstanceConfig) -> AdaptResult:
     """Run (or resume) every stage; see the module docstring. All options are checked before any model loads."""
     from adapt3d.models.loading import load_generator

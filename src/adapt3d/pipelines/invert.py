@@ -42,6 +42,7 @@ import tyro
 from adapt3d.clip.model import DEFAULT_CLIP_MODEL
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_at_least, check_view_outputs, flag_name, resolve_device
+from adapt3d.utils.folder_lock import writes_folder
 
 __all__ = ["InvertConfig", "InvertResult", "run", "validate"]
 
@@ -243,6 +244,7 @@ def _clip_name(cfg: InvertConfig) -> str | None:
     return DEFAULT_CLIP_MODEL
 
 
+@writes_folder("invert")
 def run(cfg: InvertConfig) -> InvertResult:
     """Run (or reuse) the inversion; see the module docstring. Options are validated before any model loads."""
     from adapt3d.export.images import label_images, make_grid, save_image, to_uint8

@@ -100,6 +100,14 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
 
 
 def run(cfg: ITportraitConfig) -> AdaptResult:
+    """Run (or resume) ITportrait in ``cfg.out``, its only writer (see :func:`_run`)."""
+    from adapt3d.training.distributed import world_info
+    from adapt3d.utils.folder_lock import job_folder
+    with job_folder(cfg.out, "itportrait", enabled=world_info().is_main):  # rank 0 holds the lock (torchrun)
+        return _run(cfg)
+
+
+def _run(cfg: ITportraitConfig) -> AdaptResult:
     """Run (or resume) ITportrait; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.inversion.losses import make_reconstruction_loss
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent
@@ -126,6 +134,9 @@ def run(cfg: ITportraitConfig) -> AdaptResult:
     extra = {"reference": {"latent": str(code.path) if code.path else None, "camera": code.camera.reshape(-1).tolist(),
                            "stage1_loss": choice.loss.describe(), "pairing": pairing}}
     result.final = train_stage(cfg, device, make, result, extra_options=extra)
+    from adapt3d.training.distributed import world_info
+    if not world_info().is_main:  # under torchrun the other processes only train; rank 0 writes the outputs
+        return result
     output_stages(cfg, result.final, device, result)
     adapted = load_checkpoint(result.final, load_discriminator=False).generator.to(device)
     rl = render_latent(adapted, code, Path(cfg.out) / "render" / "reference",

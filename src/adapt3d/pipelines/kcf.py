@@ -32,6 +32,7 @@ from adapt3d.dst.kcf import PoseTrainConfig, SmallPoseCNN, angle_bins, kfold_spl
 from adapt3d.utils.io import atomic_write_json, atomic_write_text, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import check_at_least, resolve_device
 from adapt3d.utils.torch_load import OldTorchError, load_weights_only
+from adapt3d.utils.folder_lock import writes_folder
 
 
 @dataclass
@@ -183,6 +184,7 @@ def _load_images(root: Path, records: list[dict], size: int, bar) -> torch.Tenso
     return out  # (N, 3, S, S) uint8
 
 
+@writes_folder("kcf", lambda cfg: Path(cfg.dataset) / "kcf" if Path(cfg.dataset).is_dir() else None, flag="DATASET")
 def kcf(cfg: KcfConfig) -> KcfResult:
     t0 = time.time()
     records = validate(cfg)

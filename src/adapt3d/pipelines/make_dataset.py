@@ -19,7 +19,6 @@ fingerprint: a rerun only re-decides which images are kept).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -397,24 +396,10 @@ def _write_job(folder: Path, job: _Job, shard=None) -> None:
         atomic_write_json(folder / JOB_JSON, job_json(job, shard))
 
 
-@contextlib.contextmanager
 def _folder_lock(folder: Path):
-    """Refuse a second concurrent writer of the same folder (advisory flock; a no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(folder / ".make_dataset.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            raise ValueError(f"--out: another make-dataset process is writing to {folder}; wait for it or use "
-                             "another folder") from e
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """The folder's writer lock (:class:`adapt3d.utils.folder_lock.FolderLock`): one make-dataset per folder."""
+    from adapt3d.utils.folder_lock import job_folder
+    return job_folder(folder, "make-dataset")
 
 
 def _clean_temp_files(folder: Path) -> None:
@@ -538,6 +523,12 @@ def merge_shards(cfg: MakeDatasetConfig, job: _Job | None = None, models: dict |
 
 def run(cfg: MakeDatasetConfig) -> MakeDatasetResult:
     """Run (or resume) the job; see the module docstring. Options are validated before any model loads."""
+    from adapt3d.utils.io import new_folder_removed_if_empty
+    with new_folder_removed_if_empty(cfg.out):  # a job that fails before any work leaves no folder behind
+        return _run(cfg)
+
+
+def _run(cfg: MakeDatasetConfig) -> MakeDatasetResult:
     t0 = time.time()
     job = validate(cfg)
     out = Path(cfg.out)
@@ -547,7 +538,6 @@ def run(cfg: MakeDatasetConfig) -> MakeDatasetResult:
         result.seconds = time.time() - t0
         return result
     folder = shard_dir(out, *job.shard) if job.shard else out
-    folder.mkdir(parents=True, exist_ok=True)
     with _folder_lock(folder):
         result = _run_locked(cfg, job, out, folder)
     result.seconds = time.time() - t0
@@ -555,10 +545,10 @@ def run(cfg: MakeDatasetConfig) -> MakeDatasetResult:
 
 
 def _run_locked(cfg: MakeDatasetConfig, job: _Job, out: Path, folder: Path) -> MakeDatasetResult:
-    _write_job(folder, job, job.shard)
     mine = job.plan.shard_indices(*(job.shard or (0, 1)))
     need = not set(mine) <= completed_indices(folder)
     models = load_models(cfg, job, need_generation=need)
+    _write_job(folder, job, job.shard)  # after the models load: a failed start leaves no job.json behind
     result = MakeDatasetResult(out=out, notes=list(models["notes"]))
     if need:
         result.generated_now = generate(cfg, job, folder, models, job.shard or (0, 1))

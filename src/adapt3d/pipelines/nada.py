@@ -30,6 +30,14 @@ __all__ = ["NadaConfig", "run"]
 
 
 def run(cfg: NadaConfig) -> AdaptResult:
+    """Run (or resume) 3D StyleGAN-NADA in ``cfg.out``, its only writer (see :func:`_run`)."""
+    from adapt3d.training.distributed import world_info
+    from adapt3d.utils.folder_lock import job_folder
+    with job_folder(cfg.out, "nada", enabled=world_info().is_main):  # rank 0 holds the lock (torchrun)
+        return _run(cfg)
+
+
+def _run(cfg: NadaConfig) -> AdaptResult:
     """Run (or resume) 3D StyleGAN-NADA; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.training.nada import NadaTrainer
 
@@ -42,6 +50,9 @@ def run(cfg: NadaConfig) -> AdaptResult:
         return NadaTrainer(cfg, G, clip_loss, device=device, run_folder=run_folder, resume_from=resume_from)
 
     result.final = train_stage(cfg, device, make, result)
+    from adapt3d.training.distributed import world_info
+    if not world_info().is_main:  # under torchrun the other processes only train; rank 0 writes the outputs
+        return result
     output_stages(cfg, result.final, device, result)
     result.files["final"] = str(result.final)
     result.notes.append(f"adapted generator {result.final}; source vs adapted {result.files['compare']}")

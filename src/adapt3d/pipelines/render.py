@@ -32,6 +32,7 @@ from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
+from adapt3d.utils.folder_lock import writes_folder
 
 
 @dataclass
@@ -98,6 +99,7 @@ def render_views(G: TriPlaneGenerator, ws: torch.Tensor, c: torch.Tensor, batch_
     return torch.cat(images), torch.cat(depths)
 
 
+@writes_folder("render")
 def render(cfg: RenderConfig) -> RenderResult:
     """Run the whole render job (see module docstring). Arguments are validated before any model is built."""
     from adapt3d.models.loading import load_generator

@@ -462,12 +462,52 @@ class _Job:
         self.result.images += 1
 
 
+# Options that do not change what is written for a (mesh, view, sample): where it goes, how it runs, which part of
+# the work this run does (--per-mesh only adds views: views 0..n-1 are the same for any n).
+RESUME_NEUTRAL = ("out", "device", "shard", "progress", "per_mesh", "meshes", "classes", "shapenet_root",
+                  "objaverse_root", "omniobject3d_root")
+JOB_JSON = "job.json"
+
+
+def synth_identity(cfg: SynthConfig) -> dict:
+    """The options that change the outputs (+ the captions file's contents), recorded in OUT/job.json."""
+    from adapt3d.utils.job_identity import content_digest
+    ident = {k: v for k, v in to_jsonable(asdict(cfg)).items() if k not in RESUME_NEUTRAL}
+    if cfg.captions is not None:
+        ident["captions_sha256"] = content_digest(cfg.captions)
+    return ident
+
+
+def check_job(out: Path, identity: dict) -> None:
+    """Refuse a rerun with options that change outputs (naming them); record the identity of a new job."""
+    from adapt3d.utils.job_identity import check_identity
+    path = out / JOB_JSON
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("identity")
+        except ValueError as e:
+            raise ValueError(f"--out: {path} is not valid JSON; is this a synth folder?") from e
+        check_identity(out, "synth", old, identity)
+    else:
+        atomic_write_json(path, {"job": "synth", "identity": identity})
+
+
 def synth(cfg: SynthConfig) -> SynthResult:
-    """Run the synthesis job (see the module docstring). All options are checked before any model is loaded."""
+    """Run the synthesis job (see the module docstring). All options are checked before any model is loaded.
+    Each shard is the only writer of its part (its own lock in OUT); a rerun with other options is refused."""
+    from adapt3d.utils.folder_lock import LOCK_NAME, job_folder
+    shard_i, shard_n = _shard(cfg)
+    lock = LOCK_NAME if shard_n == 1 else f".adapt3d-shard{shard_i}of{shard_n}.lock"
+    with job_folder(cfg.out, "synth", lock_name=lock):
+        return _synth(cfg)
+
+
+def _synth(cfg: SynthConfig) -> SynthResult:
     t0 = time.time()
     models, res = validate(cfg)
     out = Path(cfg.out)
     shard_i, shard_n = _shard(cfg)
+    check_job(out, synth_identity(cfg))
     result = SynthResult(out=out)
     job = _Job(cfg, res, out, _device(cfg), result)
     samples = 1 if cfg.render_only else cfg.samples_per_view

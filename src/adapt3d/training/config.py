@@ -142,9 +142,14 @@ RESUME_NEUTRAL_FIELDS = frozenset({"out", "kimg", "tick_kimg", "snapshot_kimg", 
 
 
 def options_for_identity(cfg: FinetuneConfig) -> dict:
-    """The options that define a run (compared on automatic resume)."""
+    """The options that define a run (compared on automatic resume), plus the dataset's contents
+    (``dataset_sha256``: a dataset re-made in place with other images is another run) and a local generator
+    checkpoint's (``generator_sha256``)."""
+    from adapt3d.utils.job_identity import content_digest, input_digests
     d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["dataset"] = str(Path(cfg.dataset).expanduser().resolve())
+    d["dataset_sha256"] = content_digest(Path(cfg.dataset).expanduser())
+    d.update(input_digests(generator=cfg.generator))  # a checkpoint folder / pickle by its contents
     return {k: v for k, v in d.items() if k not in RESUME_NEUTRAL_FIELDS}
 
 

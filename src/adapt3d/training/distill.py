@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +46,11 @@ from adapt3d.training import losses
 from adapt3d.training.distill_config import DistillConfig, resolved_gan_options, resolved_steps
 from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed, source_distance
 from adapt3d.training.freeze import freeze_prefixes
-from adapt3d.training.loop import TrainingDiverged
-from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
-from adapt3d.utils.io import atomic_path, replace_folder
+from adapt3d.training.run_folder import RunFolder
+from adapt3d.training.trainer_core import TrainerCore
 from adapt3d.utils.parsing import parse_seeds
-from adapt3d.utils.seeds import derive_seed
 
 __all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler", "view_bands_deg"]
-
-STATE_FORMAT = "adapt3d-training-state"
 
 
 @dataclass
@@ -97,7 +91,7 @@ def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float
     raise ValueError(f"--pose-sampler: {name!r} is not one of views, gaussian, uniform, sinusoidal")
 
 
-class DistillTrainer:
+class DistillTrainer(TrainerCore):
     """Trains ``model``'s conditioning against the teacher ``sds`` on ``prompts`` (components passed in).
 
     ``D`` is the discriminator (None when ``cfg.lambda_gan == 0``); ``source`` the frozen source generator for
@@ -110,10 +104,14 @@ class DistillTrainer:
                  dataset=None, scorer=None, device: torch.device | str = "cpu", run_folder: RunFolder | None = None,
                  teacher_reals=None,
                  resume_from: str | Path | None = None, text_encoder_info: dict | None = None,
-                 callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = ()):
+                 callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = (), dist=None):
+        from adapt3d.training.distributed import world_info
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from,
+                         dist=dist if dist is not None else world_info(),
+                         callbacks=callbacks, notes=notes, total_steps=resolved_steps(cfg),
+                         tick_steps=cfg.tick_steps, snapshot_steps=cfg.snapshot_steps, progress=cfg.progress)
         self.cfg, self.prompts, self.sds, self.scorer = cfg, list(prompts), sds, scorer
-        self.device = torch.device(device)
-        self.run, self.callbacks, self.notes = run_folder, list(callbacks), list(notes)
+        self.batch_gpu, self.accum = self.split_batch(cfg.batch, cfg.batch_gpu)
         self.text_encoder_info = dict(text_encoder_info or {})
         self.model = model.to(self.device).train()
         self.D = D.to(self.device).train().requires_grad_(False) if D is not None and cfg.lambda_gan > 0 else None
@@ -164,25 +162,31 @@ class DistillTrainer:
         self.view_pooled = torch.stack([encode_pooled(v) for v in views]).to(self.device) \
             if pooled is not None else None  # (3, P, Dp)
         self.uncond_pooled = encode_pooled([cfg.negative_prompt])  # (1, Dp) or None
-        self.total_steps = resolved_steps(cfg)
-        self.step, self.skipped = 0, 0
-        self.stats: list[dict] = []
-        self._tick: dict[str, tuple[float, int]] = {}
         self.source_diversity: float | None = None
-        self.resumed_from = Path(resume_from) if resume_from else None
-        if self.resumed_from is not None:
-            self._load_snapshot(self.resumed_from)
+        self.init_weight_scales()
+        self.resume_if_needed()
 
-    # -- resume ---------------------------------------------------------------------------------------------------
-    def training_state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "view_counts": list(self.view_counts),
-                "opt_G": self.opt_G.state_dict(),
+    # -- state (the trainer core saves, resumes and checks it) -----------------------------------------------------
+    name = "distill"
+    divergence_hint = "Lower --lr / --d-lr or --guidance-scale or set --grad-clip, then rerun (it resumes from the " \
+        "last snapshot)."
+    tick_prefixes = ("loss/", "sds/", "logits/", "views/")
+
+    def trained_modules(self) -> dict:
+        mods = {"conditioning": _ParamList(self.model.conditioning_parameters())}
+        base = [p for p in self.model.base.parameters() if p.requires_grad]
+        if base:
+            mods["generator (--train-base)"] = _ParamList(base)
+        if self.D is not None:
+            mods["discriminator"] = self.D
+        return mods
+
+    def state_dict_extra(self) -> dict:
+        return {"view_counts": list(self.view_counts), "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
-                "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0,
-                "rng": {"torch": torch.get_rng_state()}}
+                "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0}
 
-    def _load_snapshot(self, snapshot: Path) -> None:
-        state = load_training_state(snapshot)
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
         try:
             loaded, D, _ = load_text_conditioned(snapshot, load_discriminator=self.D is not None)
             self.model.load_state_dict(loaded.state_dict())
@@ -194,17 +198,16 @@ class DistillTrainer:
             self.opt_G.load_state_dict(state["opt_G"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this model/options ({e})") from e
-        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
         self.view_counts = [int(v) for v in state.get("view_counts", [0, 0, 0])]
         sd = float(state.get("source_diversity", -1.0))
         self.source_diversity = sd if sd >= 0 else None
-        torch.set_rng_state(state["rng"]["torch"])
+
+    def write_checkpoint(self, folder: Path, metadata: dict) -> None:
+        save_text_conditioned(folder, self.model, self.D, metadata=metadata, text_encoder=self.text_encoder_info)
 
     # -- one step --------------------------------------------------------------------------------------------------
-    def _rng(self, phase: str) -> torch.Generator:
-        s = derive_seed(self.cfg.seed, self.step, phase)
-        torch.manual_seed(s)  # ray jitter and synthesis noise use the global RNG
-        return torch.Generator().manual_seed(s)
+    def _rng(self, phase: str, g: int = 0) -> torch.Generator:
+        return self.seed_step(self.cfg.seed, phase, g)  # also seeds the global RNG (ray jitter, synthesis noise)
 
     def _c_cond(self, n: int) -> torch.Tensor:
         r = self.model.rendering
@@ -238,33 +241,60 @@ class DistillTrainer:
         out = self.source.synthesis(ws, c, neural_rendering_resolution=self.nrr, sampling="stochastic")
         return out.image, out.image_raw, c
 
-    def _grads_finite(self, params) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
-
     def train_step(self) -> dict:
-        cfg, b = self.cfg, self.cfg.batch
+        """One step over the global batch: this process's micro-batches (global index g, randomness from
+        ``(seed, step, phase, g)``), gradients summed over micro-batches and processes; a G or D update whose loss or
+        gradient is not finite is skipped (on every process alike) and the step counted in ``skipped``."""
+        cfg = self.cfg
         # Every step in train mode, whatever ran before it (eval renders, callbacks, a resume): the mode picks the
         # modulated convolutions' code path (fused or not), whose rounding differs.
         self.model.train()
-        gen = self._rng("G")
+        t_range = timestep_range(self.step, self.total_steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final)
+        share = self.batch_gpu / cfg.batch
+        self.opt_G.zero_grad(set_to_none=True)
+        fakes, names, total = [], [], None
+        for g in self.micro_batch_indices(self.accum):
+            fake, values = self._g_micro_batch(g, t_range, share)
+            fakes.append((g, fake))
+            names = sorted(values)
+            vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.device).reshape(())
+                               for k in names]) * share
+            total = vec if total is None else total + vec
+        summed, ok = self.reduce_grads(self.g_params, total)
+        if ok:
+            self.opt_G.step()
+        else:
+            self.opt_G.zero_grad(set_to_none=True)
+        rec: dict = {k: float(v) for k, v in zip(names, summed)}
+        for v, name in enumerate(VIEWS):  # the global batch's share per view suffix -> run totals
+            self.view_counts[v] += round(rec.get(f"views/{name}", 0.0) * cfg.batch)
+        if self.D is not None:
+            d_rec = self._step_D(fakes, share)
+            ok = ok and not d_rec.pop("skipped_D")
+            rec.update(d_rec)
+        self.skipped += int(not ok)  # a step is skipped if its G or its D update was (the core bounds the count)
+        self.step += 1
+        rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
+        return rec
+
+    def _g_micro_batch(self, g: int, t_range, share: float):
+        """Forward + backward (weighted by ``share``) of generator micro-batch ``g``; returns its detached renders
+        (image, raw image, cameras) for D and its values."""
+        cfg, b = self.cfg, self.batch_gpu
+        gen = self._rng("G", g)
         z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
         poses, c = self._cameras(b, gen)
         k = torch.randint(len(self.prompts), (b,), generator=gen).to(self.device)
-        view_ids = view_index(poses.yaw, cfg.view_front_deg, cfg.view_back_deg)  # (B,) 0 front, 1 side, 2 back
+        view_ids = view_index(poses.yaw, cfg.view_front_deg, cfg.view_back_deg)  # (b,) 0 front, 1 side, 2 back
         views = view_ids.to(self.device) if cfg.view_prompts else None
-        text = self.texts[k]  # (B, L, D)
+        text = self.texts[k]  # (b, L, D)
         teacher = self.view_texts[views, k] if views is not None else text
         teacher_pooled = None if self.pooled is None else (
-            self.view_pooled[views, k] if views is not None else self.pooled[k])  # (B, Dp)
-        self.opt_G.zero_grad(set_to_none=True)
+            self.view_pooled[views, k] if views is not None else self.pooled[k])  # (b, Dp)
         ws = self.model.mapping(z, self._c_cond(b), text, truncation_psi=cfg.trunc)
         out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
-        t_range = timestep_range(self.step, self.total_steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final)
-        rec: dict = {}
-        for v, name in enumerate(VIEWS):  # share of the batch per view suffix (the camera's band without suffixes)
-            count = int((view_ids == v).sum())
-            rec[f"views/{name}"] = count / b
-            self.view_counts[v] += count
+        values: dict = {f"views/{name}": float((view_ids == v).sum()) / b  # share per view suffix (camera band)
+                        for v, name in enumerate(VIEWS)}
         loss = torch.zeros((), device=self.device)
         if cfg.lambda_sds > 0:
             s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
@@ -272,46 +302,46 @@ class DistillTrainer:
                          grad_clip=cfg.grad_clip, generator=gen, pooled_prompt_embeds=teacher_pooled,
                          negative_pooled_prompt_embeds=self.uncond_pooled)
             loss = loss + cfg.lambda_sds * s.loss
-            rec.update({"sds/grad_norm": s.info["grad_norm"], "sds/t_mean": s.info["t_mean"],
-                        "sds/nonfinite": float(s.info["nonfinite"])})
+            values.update({"sds/grad_norm": s.info["grad_norm"], "sds/t_mean": s.info["t_mean"],
+                           "sds/nonfinite": float(s.info["nonfinite"])})
         if self.D is not None:
             g_gan = losses.loss_g_nonsaturating(self.D({"image": out.image, "image_raw": out.image_raw}, c))
             loss = loss + cfg.lambda_gan * g_gan
-            rec["loss/G_gan"] = float(g_gan.detach())
-        loss.backward()
-        ok = bool(torch.isfinite(loss.detach())) and self._grads_finite(self.g_params)
-        if ok:
-            self.opt_G.step()
-        else:
-            self.skipped += 1
-            self.opt_G.zero_grad(set_to_none=True)
-        if self.D is not None:
-            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c, k))
-        self.step += 1
-        rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
-        return rec
+            values["loss/G_gan"] = g_gan.detach()
+        (loss * share).backward()
+        return (out.image.detach(), out.image_raw.detach(), c, k), values
 
-    def _step_D(self, fake, fake_raw, fake_c, prompt_ids=None) -> dict:
+    def _step_D(self, fakes, share: float) -> dict:
+        """Logistic loss on the detached renders vs real images (+ lazy R1), micro-batch by micro-batch."""
         cfg = self.cfg
-        gen = self._rng("D")
-        real, real_raw, real_c = self._reals(fake.shape[0], gen, prompt_ids)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
-        fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
-        real_logits = self.D({"image": real, "image_raw": real_raw}, real_c)
-        loss = losses.loss_d_logistic(real_logits, fake_logits)
-        loss.backward()
-        rec = {"loss/D": float(loss.detach()), "logits/fake": float(fake_logits.detach().mean()),
-               "logits/real": float(real_logits.detach().mean())}
-        if cfg.r1_gamma > 0 and (self.step % cfg.d_reg_interval == 0):
-            image = real.detach().requires_grad_(True)
-            raw = real_raw.detach().requires_grad_(True)
-            r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
-            (r1.loss * cfg.d_reg_interval).backward()
-            rec["loss/r1_penalty"] = float(r1.penalty.detach())
-        if bool(torch.isfinite(loss.detach())) and self._grads_finite(self.D.parameters()):
+        r1_due = cfg.r1_gamma > 0 and (self.step % cfg.d_reg_interval == 0)
+        names, total = [], None
+        for g, (fake, fake_raw, fake_c, prompt_ids) in fakes:
+            gen = self._rng("D", g)
+            real, real_raw, real_c = self._reals(fake.shape[0], gen, prompt_ids)
+            fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
+            real_logits = self.D({"image": real, "image_raw": real_raw}, real_c)
+            loss = losses.loss_d_logistic(real_logits, fake_logits)
+            (loss * share).backward()
+            values = {"loss/D": loss.detach(), "logits/fake": fake_logits.detach().mean(),
+                      "logits/real": real_logits.detach().mean()}
+            if r1_due:
+                image = real.detach().requires_grad_(True)
+                raw = real_raw.detach().requires_grad_(True)
+                r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
+                (r1.loss * cfg.d_reg_interval * share).backward()
+                values["loss/r1_penalty"] = r1.penalty.detach()
+            names = sorted(values)
+            vec = torch.stack([values[k].float().reshape(()) for k in names]) * share
+            total = vec if total is None else total + vec
+        summed, d_ok = self.reduce_grads(list(self.D.parameters()), total)
+        if d_ok:
             self.opt_D.step()
         self.D.requires_grad_(False)
+        rec = {k: float(v) for k, v in zip(names, summed)}
+        rec["skipped_D"] = not d_ok
         return rec
 
     # -- monitoring, samples, snapshots ---------------------------------------------------------------------------
@@ -325,11 +355,13 @@ class DistillTrainer:
         self.source_diversity = d["source"]
         return d
 
-    def _end_tick(self, rec: dict, t0: float, steps: int, diversity: dict | None) -> dict:
-        out = {"step": self.step, "skipped_total": self.skipped}
-        out.update({k: s / n for k, (s, n) in sorted(self._tick.items())})
-        out.update({"t_min": rec.get("t_min"), "t_max": rec.get("t_max"),
-                    "sec_per_step": (time.time() - t0) / steps if steps else None, "timestamp": time.time()})
+    def tick_fields(self, rec: dict) -> dict:
+        done = self.step >= self.total_steps
+        diversity = self.measure_diversity() if (self.step % self.cfg.diversity_steps == 0 or done) else None
+        return self._tick_extras(rec, diversity)
+
+    def _tick_extras(self, rec: dict, diversity: dict | None) -> dict:
+        out = {"t_min": rec.get("t_min"), "t_max": rec.get("t_max")}
         out.update({f"gate/{k}": v for k, v in self.model.gates().items()})
         total = sum(self.view_counts)
         if total:  # shares of the view suffixes over the whole run so far (views/<name>: this tick)
@@ -340,17 +372,31 @@ class DistillTrainer:
             out.update({f"diversity/prompt{k:02d}": v for k, v in enumerate(diversity["prompts"])})
             if "source_distance" in diversity:
                 out["direction/source_distance"] = diversity["source_distance"]
-        self._tick = {}
-        self.stats.append(out)
-        if self.run is not None:
-            self.run.append_stats(out)
-            parts = [f"{k} {out[k]:.4g}" for k in ("sds/grad_norm", "loss/G_gan", "loss/D", "diversity/mean")
-                     if out.get(k) is not None]
-            speed = f" sec/step {out['sec_per_step']:.3f}" if out["sec_per_step"] is not None else ""
-            self.run.log(f"step {self.step}/{self.total_steps} " + " ".join(parts) + speed)
         return out
 
-    def save_samples(self) -> list[Path]:
+    def done_message(self, final: Path) -> str:
+        total = max(sum(self.view_counts), 1)
+        shares = ", ".join(f"{name} {n / total:.0%}" for name, n in zip(VIEWS, self.view_counts))
+        return f"done: {self.step} steps ({self.skipped} skipped); view suffixes {shares}; final checkpoint {final}"
+
+    def tick_message(self, out: dict) -> str:
+        parts = [f"{k} {out[k]:.4g}" for k in ("sds/grad_norm", "loss/G_gan", "loss/D", "diversity/mean")
+                 if out.get(k) is not None]
+        speed = f" sec/step {out['sec_per_step']:.3f}" if out["sec_per_step"] is not None else ""
+        return f"step {self.step}/{self.total_steps} " + " ".join(parts) + speed
+
+    def before_training(self) -> None:
+        """Diversity of the untrained model, recorded as the step-0 stats record."""
+        if self.step == 0:
+            diversity = self.measure_diversity()
+            out = {"step": 0, "skipped_total": self.skipped, **self._tick_extras({}, diversity),
+                   "sec_per_step": None, "timestamp": time.time()}
+            self.stats.append(out)
+            if self.run is not None:
+                self.run.append_stats(out)
+                self.run.log(self.tick_message(out))
+
+    def save_samples(self) -> list[Path]:  # type: ignore[override]
         """Per-prompt grids ``samples/promptKK-<step>.png``: rows = sample seeds, columns = three yaws."""
         if self.run is None:
             return []
@@ -368,75 +414,25 @@ class DistillTrainer:
         self.model.train(was_training)
         return paths
 
-    def _metadata(self) -> dict:
+    def metadata(self) -> dict:
         return {"step": self.step, "source": "adapt3d distill", "prompts": self.prompts,
                 "guidance_scale": self.cfg.guidance_scale}
 
-    def _check_weights(self) -> None:
-        for p in self.g_params:
-            if not bool(torch.isfinite(p).all()):
-                snap = self.run.latest_snapshot() if self.run is not None else None
-                raise TrainingDiverged(f"training stopped at step {self.step}: a generator weight became NaN or "
-                                       f"infinite; the last good snapshot is {snap}. Lower --lr or --guidance-scale"
-                                       " or set --grad-clip, then rerun (it resumes from the last snapshot).")
-
-    def write_checkpoint(self, dest: Path, with_state: bool) -> Path:
-        """Write the model (+ D, + training_state.pt) into ``dest`` atomically (temporary folder, rename)."""
-        tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_text_conditioned(tmp, self.model, self.D, metadata=self._metadata(), text_encoder=self.text_encoder_info)
-        if with_state:
-            with atomic_path(tmp / TRAINING_STATE) as t:
-                torch.save({"format": STATE_FORMAT, "version": 1, **self.training_state()}, t)
-        replace_folder(tmp, dest)
-        return dest
-
-    def snapshot(self) -> Path | None:
-        self._check_weights()
-        if self.run is None:
-            return None
-        self.save_samples()
-        path = self.write_checkpoint(self.run.snapshot_path(self.step), with_state=True)
-        self.run.log(f"snapshot {path}")
-        return path
-
     def run_training(self) -> DistillResult:
         """Train until ``total_steps``; snapshots every ``snapshot_steps`` and at the end; the final checkpoint."""
-        from tqdm.auto import tqdm
-        cfg, t_start = self.cfg, time.time()
-        bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step", desc="distill",
-                   disable=not cfg.progress)
-        diversity = self.measure_diversity() if self.step == 0 else None
-        if diversity is not None:
-            self._end_tick({}, time.time(), 0, diversity)
-        t0, steps_in_tick, rec = time.time(), 0, {}
-        while self.step < self.total_steps:
-            rec = self.train_step()
-            steps_in_tick += 1
-            for k, v in rec.items():
-                if k.startswith(("loss/", "sds/", "logits/", "views/")):
-                    s, n = self._tick.get(k, (0.0, 0))
-                    self._tick[k] = (s + v, n + 1)
-            done = self.step >= self.total_steps
-            if self.step % cfg.tick_steps == 0 or done:
-                div = self.measure_diversity() if (self.step % cfg.diversity_steps == 0 or done) else None
-                self._end_tick(rec, t0, steps_in_tick, div)
-                t0, steps_in_tick = time.time(), 0
-            if self.step % cfg.snapshot_steps == 0 or done:
-                self.snapshot()
-            for fn in self.callbacks:
-                fn(self)
-            bar.update(1)
-        bar.close()
-        final = None
-        if self.run is not None:
-            self._check_weights()
-            final = self.write_checkpoint(self.run.final, with_state=False)
-            total = max(sum(self.view_counts), 1)
-            shares = ", ".join(f"{name} {n / total:.0%}" for name, n in zip(VIEWS, self.view_counts))
-            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); view suffixes {shares}; final "
-                         f"checkpoint {final}")
+        final, seconds = self.train_loop()
         self.model.eval()
         return DistillResult(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
-                             seconds=time.time() - t_start)
+                             seconds=seconds)
+
+
+class _ParamList(torch.nn.Module):
+    """A view of some parameters as one module (the weight checks of the trainer core take modules)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self._list = list(params)
+
+    def parameters(self, recurse: bool = True):  # noqa: ARG002 - the listed parameters, not registered
+        return iter(self._list)

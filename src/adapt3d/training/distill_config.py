@@ -49,6 +49,10 @@ class DistillConfig(SDSOptions):
     """Optimiser steps; default 2000 (30 with --preset tiny, the built-in demo)."""
     batch: int = 4
     """Samples (latent, camera, prompt) per step."""
+    batch_gpu: int | None = None
+    """Samples per micro-batch of one process (default: --batch / number of processes). Gradients are summed over
+    micro-batches and processes, so runs with the same --batch and --batch-gpu compute the same step for any
+    number of processes (torchrun)."""
     lr: float = 1e-3
     """Adam learning rate of the conditioning modules (adapters, cross-attention, gates)."""
     train_base: tuple[str, ...] = ()
@@ -200,6 +204,10 @@ def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     d.update(cfg.diffusion_options.weights_identity())  # how the teacher's weights are read
     d["prompts"] = list(prompts)
     d.update(resolved_gan_options(cfg))  # the discriminator's real images, explicit
+    from adapt3d.utils.job_identity import input_digests
+    d.update(input_digests(generator=cfg.generator, dataset=cfg.dataset))  # local inputs by their contents
+    if d.get("batch_gpu") is None:  # only when given, so that older run folders keep their identity
+        d.pop("batch_gpu", None)
     return d
 
 
@@ -214,7 +222,7 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{flag_name(name)}: must be an integer >= 1, got {v!r}")
-    for name in ("adapter_hidden", "attn_dim", "attn_resolution", "neural_rendering_resolution"):
+    for name in ("adapter_hidden", "attn_dim", "attn_resolution", "neural_rendering_resolution", "batch_gpu"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ValueError(f"{flag_name(name)}: must be an integer >= 1 or None, got {v!r}")

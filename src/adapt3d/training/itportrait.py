@@ -101,6 +101,7 @@ class ITportraitTrainer(ClipAdaptTrainer):
 
     # -- stages -------------------------------------------------------------------------------------------------
     def apt_step(self) -> dict:
+        """One stage-1 step; every process computes the whole (small) --apt-batch, so they stay identical."""
         gen = self.rng("apt")
         n = resolved(self.cfg, "apt_batch")
         ws = self.apt_latents(gen, n)
@@ -136,12 +137,17 @@ class ITportraitTrainer(ClipAdaptTrainer):
             dI = styled[i] - frozen[i] if styled is not None else torch.zeros_like(frozen[i])
             directions[i] = mixed_direction(dT, dI, float(weights[0]), float(weights[1]))
         self.last_directions = [None if d is None else d.detach() for d in directions]  # for inspection
-        train = self.clip.encode(self.render(self.G, ws, cams))
-        d = self.clip.directional_from_embeddings(train, frozen, directions)
-        self.optimizer_step(self.opt, d.loss, "ITE directional")
-        rec.update({"loss/direction": float(d.loss.detach()), "branch/text": 1.0 if branch == "text" else 0.0,
-                    "branch": branch, "weights": list(weights)})
-        rec.update({f"clip/{k}": v for k, v in d.per_model.items()})
+
+        # The frozen / image-model embeddings and the branch above cover the whole batch on every process (no
+        # gradient), so all processes take the same branch; the trained renders are split into micro-batches.
+        def micro_loss(g: int, lat: slice, cam: slice):
+            train = self.clip.encode(self.render(self.G, ws[lat], cams[cam]))
+            part = lambda xs: [None if x is None else x[cam] for x in xs]  # noqa: E731
+            d = self.clip.directional_from_embeddings(train, part(frozen), part(directions))
+            return d.loss, {"loss/direction": d.loss.detach(), **{f"clip/{k}": v for k, v in d.per_model.items()}}
+
+        rec.update(self.accumulate_step(self.opt, self.params, micro_loss, "ITE directional"))
+        rec.update({"branch/text": 1.0 if branch == "text" else 0.0, "branch": branch, "weights": list(weights)})
         return rec
 
     def train_step(self) -> dict:
@@ -161,17 +167,20 @@ class ITportraitTrainer(ClipAdaptTrainer):
             source = self.G_img if self.cfg.schedule == "image" else self.G
             update_ema(self.G_ema, source, ema_beta(self.batch, self.cfg.ema_kimg, self.step * self.batch))
 
-    def training_state(self) -> dict:
-        state = super().training_state()
-        state["G_img"] = {k: v.detach().cpu().clone() for k, v in self.G_img.state_dict().items()}
+    def trained_modules(self) -> dict:
+        return {**super().trained_modules(), "image-style generator": self.G_img}
+
+    def state_dict_extra(self) -> dict:
+        state = super().state_dict_extra()
+        state["G_img"] = self.cpu_state(self.G_img)
         state["opt_img"] = self.opt_img.state_dict()
         return state
 
-    def load_state(self, snapshot: Path) -> None:
-        super().load_state(snapshot)
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
+        super().load_state_extra(snapshot, state)
         try:
-            self.G_img.load_state_dict(self._loaded_state["G_img"])
-            self.opt_img.load_state_dict(self._loaded_state["opt_img"])
+            self.G_img.load_state_dict(state["G_img"])
+            self.opt_img.load_state_dict(state["opt_img"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} is not an ITportrait snapshot of this generator ({e})") \
                 from e

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +31,16 @@ import torch
 
 from adapt3d.cameras import camera_label, frontal_label
 from adapt3d.export.images import make_grid, save_image, to_uint8
-from adapt3d.models.checkpoint import load_checkpoint
+from adapt3d.models.checkpoint import load_checkpoint, save_checkpoint
 from adapt3d.models.discriminator import DualDiscriminator, filtered_resizing
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.training import losses
 from adapt3d.training.augment import AdaptiveAugment, blur_images
 from adapt3d.training.config import FinetuneConfig, validate_finetune_config
-from adapt3d.training.distributed import DistInfo, all_reduce_sum_, barrier, broadcast_module_
+from adapt3d.training.distributed import DistInfo
 from adapt3d.training.freeze import apply_freeze
-from adapt3d.training.run_folder import RunFolder, load_training_state
+from adapt3d.training.run_folder import RunFolder
+from adapt3d.training.trainer_core import TrainerCore, TrainingDiverged
 from adapt3d.training.schedules import (blur_sigma_at, ema_beta, resolve_rendering_schedule, update_ema,
                                        uses_official_weights)
 from adapt3d.utils.parsing import parse_seeds
@@ -49,10 +49,6 @@ from adapt3d.utils.seeds import derive_seed
 __all__ = ["Trainer", "FinetuneResult", "TrainingDiverged", "FinetuneConfig"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal, the columns of the sample grids
-
-
-class TrainingDiverged(ValueError):
-    """A loss or a weight became NaN or infinite; the message names the last good snapshot."""
 
 
 @dataclass
@@ -88,29 +84,30 @@ class _StepSampler(torch.utils.data.Sampler):
             yield idx[self.rank * self.pp:(self.rank + 1) * self.pp].tolist()
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-class Trainer:
+class Trainer(TrainerCore):
     """Adversarial fine-tuning of ``G`` against ``D`` on ``dataset`` (items: uint8 (3, R, R), label (25,)).
 
     ``run_folder=None`` trains without writing anything (benchmarks). ``callbacks`` are called as ``fn(trainer)``
     after every step.
     """
 
+    name = "finetune"
+    divergence_hint = "Lower --g-lr/--d-lr or raise --r1-gamma, then rerun (the run resumes from the last snapshot)."
+    tick_prefixes = ("loss/", "logits/")
+
     def __init__(self, cfg: FinetuneConfig, G: TriPlaneGenerator, D: DualDiscriminator, dataset,
                  device: torch.device | str = "cpu", dist: DistInfo | None = None,
                  run_folder: RunFolder | None = None, callbacks: Sequence[Callable[["Trainer"], None]] = (),
                  resume_from: str | Path | None = None, notes: Sequence[str] = ()):
-        self.cfg, self.dataset, self.dist = cfg, dataset, dist or DistInfo()
-        self.device = torch.device(device)
+        total_steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from, dist=dist,
+                         callbacks=callbacks, notes=notes, total_steps=total_steps,
+                         tick_steps=max(1, round(cfg.tick_kimg * 1000 / cfg.batch)),
+                         snapshot_steps=max(1, round(cfg.snapshot_kimg * 1000 / cfg.batch)), progress=cfg.progress)
+        self.cfg, self.dataset = cfg, dataset
         self.batch_gpu = validate_finetune_config(cfg, self.dist.world_size)
         self.per_process = cfg.batch // self.dist.world_size
         self.accum = self.per_process // self.batch_gpu
-        self.run, self.callbacks, self.notes = run_folder, list(callbacks), list(notes)
         self.G = G.to(self.device).train()
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         self.D = D.to(self.device).train()
@@ -133,24 +130,15 @@ class Trainer:
             official=uses_official_weights(G, from_checkpoint=cfg.generator is not None))
         self.ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
         self.update_w_avg = not any(n.startswith("backbone.mapping.") for n in self.frozen.frozen)
-        self.total_steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
-        self.tick_steps = max(1, round(cfg.tick_kimg * 1000 / cfg.batch))
-        self.snapshot_steps = max(1, round(cfg.snapshot_kimg * 1000 / cfg.batch))
-        self.step, self.cur_nimg = 0, 0
-        self.resumed_from = Path(resume_from) if resume_from else None
-        if self.resumed_from is not None:
-            self._load_snapshot(self.resumed_from)
-        broadcast_module_(self.G)
-        broadcast_module_(self.G_ema)
-        broadcast_module_(self.D)
-        self._tick: dict[str, float] = {}
-        self._tick_start = (time.time(), 0)
-        self.stats: list[dict] = []
-        self.last_good_snapshot = self.resumed_from
+        self.cur_nimg = 0
+        self.init_weight_scales()
+        self.resume_if_needed()
 
-    # -- resume ---------------------------------------------------------------------------------------------------
-    def _load_snapshot(self, snapshot: Path) -> None:
-        state = load_training_state(snapshot)
+    # -- state (the trainer core saves, resumes and checks it) -----------------------------------------------------
+    def trained_modules(self) -> dict:
+        return {"generator": self.G, "EMA generator": self.G_ema, "discriminator": self.D}
+
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
         ck = load_checkpoint(snapshot, load_discriminator=True)
         if ck.discriminator is None:
             raise ValueError(f"--resume: snapshot {snapshot} has no discriminator")
@@ -164,23 +152,23 @@ class Trainer:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this generator/discriminator/--freeze "
                              f"setting ({e})") from e
         self.augment.load_state_dict(state["augment"])
-        self.step, self.cur_nimg = int(state["step"]), int(state["cur_nimg"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self.cur_nimg = int(state["cur_nimg"])
 
-    def training_state(self) -> dict:
-        """Everything besides G_ema and D needed to continue: plain tensors and containers only."""
-        cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
-        return {"step": self.step, "cur_nimg": self.cur_nimg, "G": cpu(self.G.state_dict()),
-                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "augment": self.augment.state_dict(), "world_size": self.dist.world_size,
-                "rng": {"torch": torch.get_rng_state()}}
+    def state_dict_extra(self) -> dict:
+        return {"cur_nimg": self.cur_nimg, "G": self.cpu_state(self.G), "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(), "augment": self.augment.state_dict()}
+
+    def write_checkpoint(self, folder: Path, metadata: dict) -> None:
+        save_checkpoint(folder, self.G_ema, self.D, metadata=metadata)
+
+    def metadata(self) -> dict:
+        return {"step": self.step, "kimg": self.cur_nimg / 1000, "augment_p": self.augment.p,
+                "source": "adapt3d finetune"}
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _rng(self, phase: str, g: int) -> torch.Generator:
         """Seed every source of randomness for micro-batch ``g`` of ``phase`` in the current step."""
-        s = derive_seed(self.cfg.seed, self.step, phase, g)
-        torch.manual_seed(s)  # ray jitter and synthesis noise use the global RNG (CPU and CUDA)
-        return torch.Generator().manual_seed(s)
+        return self.seed_step(self.cfg.seed, phase, g)  # also seeds the global RNG (ray jitter, synthesis noise)
 
     def _gen_inputs(self, gen: torch.Generator, swap_p: float | None):
         z = torch.randn((self.batch_gpu, self.G.z_dim), generator=gen).to(self.device)  # (b, z_dim)
@@ -205,18 +193,9 @@ class Trainer:
 
     def _finish_phase(self, opt, params, values: torch.Tensor, name: str) -> torch.Tensor:
         """Sum gradients and ``values`` over processes, stop on NaN/inf, step the optimiser; returns values."""
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [values.reshape(-1)])
-        all_reduce_sum_([flat])
-        if not bool(torch.isfinite(flat).all()):
-            bad = "loss" if not bool(torch.isfinite(flat[-values.numel():]).all()) else "gradient"
-            self._diverged(f"the {name} {bad} became NaN or infinite")
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        summed = self.reduce_and_check(params, values, name)
         opt.step()
-        return flat[-values.numel():]
+        return summed
 
     def _phase_G(self, nrr: int, swap_p, blur: float, share: float) -> float:
         self.opt_G.zero_grad(set_to_none=True)
@@ -317,39 +296,25 @@ class Trainer:
                     "gpc_swap_prob": swap_p, "blur_sigma": blur})
         return rec
 
-    # -- ticks, samples, snapshots ---------------------------------------------------------------------------
-    def _diverged(self, what: str) -> None:
-        snap = self.last_good_snapshot
-        where = f"the last good snapshot is {snap}" if snap else "no snapshot had been written yet"
-        msg = (f"training stopped at step {self.step} (kimg {self.cur_nimg / 1000:.3f}): {what}; {where}. "
-               "Lower --g-lr/--d-lr or raise --r1-gamma, then rerun (the run resumes from the last snapshot).")
-        if self.run is not None:
-            self.run.log("ERROR " + msg)
-        raise TrainingDiverged(msg)
+    # -- ticks, samples (the trainer core runs the loop) -----------------------------------------------------------
+    def diverged_context(self) -> str:
+        return f" (kimg {self.cur_nimg / 1000:.3f})"
 
-    def _accumulate_tick(self, rec: dict) -> None:
-        for k, v in rec.items():
-            if k.startswith(("loss/", "logits/")):
-                s, n = self._tick.get(k, (0.0, 0))
-                self._tick[k] = (s + v, n + 1)
-
-    def _end_tick(self, rec: dict) -> dict:
-        t0, nimg0 = self._tick_start
-        dt, dn = time.time() - t0, self.cur_nimg - nimg0
-        out = {"step": self.step, "kimg": round(self.cur_nimg / 1000, 6), "nimg": self.cur_nimg}
-        out.update({k: s / n for k, (s, n) in sorted(self._tick.items())})
+    def tick_fields(self, rec: dict) -> dict:
+        t0, step0 = self._tick_start
+        dt, dn = time.time() - t0, (self.step - step0) * self.cfg.batch
+        out = {"kimg": round(self.cur_nimg / 1000, 6), "nimg": self.cur_nimg}
         out.update({k: rec[k] for k in ("augment_p", "neural_rendering_resolution", "gpc_swap_prob", "blur_sigma")})
-        out.update({"sec_per_step": dt / max(dn / self.cfg.batch, 1), "sec_per_kimg": dt / max(dn / 1000, 1e-9),
-                    "peak_memory_mb": round(_peak_memory_mb(self.device), 1), "timestamp": time.time()})
-        self._tick, self._tick_start = {}, (time.time(), self.cur_nimg)
-        self.stats.append(out)
-        if self.run is not None:
-            self.run.append_stats(out)
-            losses_txt = " ".join(f"{k.split('/', 1)[1]} {out[k]:.4f}" for k in ("loss/G", "loss/D") if k in out)
-            self.run.log(f"step {self.step}/{self.total_steps} kimg {out['kimg']:.3f} {losses_txt} augment_p "
-                         f"{out['augment_p']:.3f} sec/kimg {out['sec_per_kimg']:.2f} mem {out['peak_memory_mb']:.0f}"
-                         " MB")
+        out["sec_per_kimg"] = dt / max(dn / 1000, 1e-9)
         return out
+
+    def tick_message(self, out: dict) -> str:
+        losses_txt = " ".join(f"{k.split('/', 1)[1]} {out[k]:.4f}" for k in ("loss/G", "loss/D") if k in out)
+        return (f"step {self.step}/{self.total_steps} kimg {out['kimg']:.3f} {losses_txt} augment_p "
+                f"{out['augment_p']:.3f} sec/kimg {out['sec_per_kimg']:.2f} mem {out['peak_memory_mb']:.0f} MB")
+
+    def progress_postfix(self, rec: dict) -> dict:
+        return {"G": f"{rec['loss/G']:.3f}", "D": f"{rec['loss/D']:.3f}", "p": f"{self.augment.p:.2f}"}
 
     @torch.no_grad()
     def sample_images(self, seeds: Sequence[int], trunc: float) -> torch.Tensor:
@@ -366,27 +331,10 @@ class Trainer:
                               sampling="deterministic").image for i in range(len(seeds))]
         return torch.cat(images).cpu()
 
-    def _check_weights(self) -> None:
-        for name, module in (("generator", self.G), ("EMA generator", self.G_ema), ("discriminator", self.D)):
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
-                self._diverged(f"a {name} weight became NaN or infinite")
-
-    def snapshot(self) -> Path | None:
-        """Write samples and a snapshot of the current step (rank 0); all ranks wait for it."""
-        self._check_weights()
-        path = None
-        if self.run is not None:
-            if self.run.is_main:
-                seeds = parse_seeds(self.cfg.sample_seeds, "--sample-seeds")
-                grid = make_grid(to_uint8(self.sample_images(seeds, self.cfg.sample_trunc)), nrow=len(SAMPLE_YAWS))
-                save_image(self.run.samples / f"fakes-{self.step:06d}.png", grid)
-            meta = {"step": self.step, "kimg": self.cur_nimg / 1000, "augment_p": self.augment.p,
-                    "source": "adapt3d finetune"}
-            path = self.run.save_snapshot(self.step, self.G_ema, self.D, self.training_state(), meta)
-            self.last_good_snapshot = path
-            self.run.log(f"snapshot {path}")
-        barrier()
-        return path
+    def save_samples(self) -> None:
+        seeds = parse_seeds(self.cfg.sample_seeds, "--sample-seeds")
+        grid = make_grid(to_uint8(self.sample_images(seeds, self.cfg.sample_trunc)), nrow=len(SAMPLE_YAWS))
+        save_image(self.run.samples / f"fakes-{self.step:06d}.png", grid)
 
     def data_loader(self):
         sampler = _StepSampler(len(self.dataset), self.cfg.batch, self.dist.rank, self.per_process, self.cfg.seed,
@@ -395,34 +343,13 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
+    def step_inputs(self):
+        for reals, real_c in self.data_loader():
+            yield reals, real_c
+
     def run_training(self) -> FinetuneResult:
         """Train until ``cfg.kimg``; snapshots every ``snapshot_kimg`` and at the end; returns the result."""
-        t0 = time.time()
-        from tqdm.auto import tqdm
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc="finetune",
-                   disable=not (self.cfg.progress and self.dist.is_main))
-        self._tick_start = (time.time(), self.cur_nimg)
-        rec: dict = {}
-        for reals, real_c in self.data_loader():
-            rec = self.train_step(reals, real_c)
-            self._accumulate_tick(rec)
-            done = self.step >= self.total_steps
-            if self.step % self.tick_steps == 0 or done:
-                bar.set_postfix(G=f"{rec['loss/G']:.3f}", D=f"{rec['loss/D']:.3f}", p=f"{self.augment.p:.2f}")
-                self._end_tick(rec)
-            if self.step % self.snapshot_steps == 0 or done:
-                self.snapshot()
-            for fn in self.callbacks:
-                fn(self)
-            bar.update(1)
-        bar.close()
-        final = None
-        if self.run is not None:
-            meta = {"step": self.step, "kimg": self.cur_nimg / 1000, "source": "adapt3d finetune"}
-            final = self.run.save_final(self.G_ema, self.D, meta)
-            self.run.log(f"done: {self.step} steps, {self.cur_nimg / 1000:.3f} kimg; final checkpoint {final}")
-            barrier()
+        final, seconds = self.train_loop()
         return FinetuneResult(out=self.run.out if self.run else Path("."), generator=self.G_ema,
                               discriminator=self.D, step=self.step, cur_nimg=self.cur_nimg, final=final,
-                              resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
-                              seconds=time.time() - t0)
+                              resumed_from=self.resumed_from, stats=self.stats, notes=self.notes, seconds=seconds)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +32,14 @@ import torch
 from adapt3d.cameras import camera_label, frontal_label
 from adapt3d.clip.directional import CLIPDirectionalLoss
 from adapt3d.export.images import make_grid, save_image, to_uint8
-from adapt3d.models.checkpoint import load_checkpoint
+from adapt3d.models.checkpoint import load_checkpoint, save_checkpoint
 from adapt3d.training.layer_selection import (candidate_rows, layers_for_rows, prefixes_for_parts,
                                                select_w_layers, set_trainable)
-from adapt3d.training.loop import TrainingDiverged
 from adapt3d.training.nada_config import ClipAdaptConfig, NadaConfig, resolved
-from adapt3d.training.run_folder import RunFolder, load_training_state
+from adapt3d.training.run_folder import RunFolder
 from adapt3d.training.schedules import ema_beta, update_ema
+from adapt3d.training.trainer_core import TrainerCore
 from adapt3d.utils.parsing import parse_seeds
-from adapt3d.utils.seeds import derive_seed
 
 __all__ = ["ClipAdaptTrainer", "NadaTrainer", "ClipAdaptResult", "nada_adam", "SAMPLE_YAWS"]
 
@@ -68,25 +65,30 @@ class ClipAdaptResult:
     seconds: float = 0.0
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class ClipAdaptTrainer:
-    """Shared machinery of CLIP-guided adaptation. Subclasses implement :meth:`train_step` and may extend
-    :meth:`training_state` / :meth:`load_state` / :meth:`output_generator`."""
+class ClipAdaptTrainer(TrainerCore):
+    """Shared machinery of CLIP-guided adaptation on the trainer core. Subclasses implement :meth:`train_step`
+    (which does not advance the step: :meth:`one_step` does, then updates the EMA) and may extend
+    :meth:`state_dict_extra` / :meth:`load_state_extra` / :meth:`output_generator` / :meth:`trained_modules`."""
 
     source_name = "adapt3d nada"
+    name = "nada"
+    divergence_hint = "Lower --lr and rerun (it resumes)."
+    tick_prefixes = ("loss/", "clip/", "branch/")
 
     def __init__(self, cfg: ClipAdaptConfig, G, clip_loss: CLIPDirectionalLoss, device: torch.device | str = "cpu",
-                 run_folder: RunFolder | None = None, resume_from: str | Path | None = None):
+                 run_folder: RunFolder | None = None, resume_from: str | Path | None = None,
+                 callbacks=(), dist=None):
+        from adapt3d.training.distributed import world_info
+        super().__init__(device=device, run_folder=run_folder, resume_from=resume_from,
+                         dist=dist if dist is not None else world_info(),
+                         callbacks=callbacks, total_steps=resolved(cfg, "steps"),
+                         tick_steps=resolved(cfg, "tick_steps"), snapshot_steps=resolved(cfg, "snapshot_steps"),
+                         progress=cfg.progress)
+        self.name = self.source_name.split()[-1]
         self.cfg, self.clip = cfg, clip_loss
-        self.device = torch.device(device)
-        self.run = run_folder
-        self.steps = resolved(cfg, "steps")
+        self.steps = self.total_steps
         self.batch, self.views = resolved(cfg, "batch"), resolved(cfg, "num_views")
+        self.batch_gpu, self.accum = self.split_batch(self.batch, cfg.batch_gpu)
         # Train mode for both: the same (non-fused) convolution path, so the pair differs only by the weights and
         # the first step's renders are identical (image direction 0).
         self.G_frozen = copy.deepcopy(G).to(self.device).train().requires_grad_(False)
@@ -100,17 +102,10 @@ class ClipAdaptTrainer:
         self.map_trainable = any(a.startswith("backbone.mapping.") for a in self.allowed)
         self.opt = nada_adam(self.params, cfg.lr)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema_kimg else None
-        self.step = 0
-        self.stats: list[dict] = []
-        self._tick: dict[str, tuple[float, int]] = {}
-        self.resumed_from = Path(resume_from) if resume_from else None
-        self.last_snapshot = self.resumed_from
 
     # -- randomness, cameras, renders -------------------------------------------------------------------------
     def rng(self, phase: str) -> torch.Generator:
-        s = derive_seed(self.cfg.seed, self.step, phase)
-        torch.manual_seed(s)
-        return torch.Generator().manual_seed(s)
+        return self.seed_step(self.cfg.seed, phase)
 
     def frontal(self, n: int) -> torch.Tensor:
         r = self.G_frozen.rendering
@@ -150,6 +145,31 @@ class ClipAdaptTrainer:
     def train_step(self) -> dict:
         raise NotImplementedError
 
+    def micro_batches(self):
+        """(global index g, latent slice, camera slice) of this process's micro-batches of the global batch."""
+        b, v = self.batch_gpu, self.views
+        for g in self.micro_batch_indices(self.accum):
+            yield g, slice(g * b, (g + 1) * b), slice(g * b * v, (g + 1) * b * v)
+
+    def accumulate_step(self, opt: torch.optim.Optimizer, params, micro_loss, what: str) -> dict:
+        """One data-parallel optimiser step: ``micro_loss(g, latents, cameras) -> (loss, {name: value})`` for each
+        micro-batch of this process; gradients and values are weighted by the micro-batch's share of the global
+        batch and summed over processes (one all-reduce); NaN/inf stops the run; returns the summed values."""
+        opt.zero_grad(set_to_none=True)
+        share = self.batch_gpu / self.batch
+        names: list[str] = []
+        total: torch.Tensor | None = None
+        for g, lat, cam in self.micro_batches():
+            loss, values = micro_loss(g, lat, cam)
+            (loss * share).backward()
+            names = sorted(values)
+            vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.device).reshape(())
+                               for k in names]) * share
+            total = vec if total is None else total + vec
+        summed = self.reduce_and_check(params, total, f"{what} loss")
+        opt.step()
+        return {k: float(v) for k, v in zip(names, summed)}
+
     def optimizer_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, what: str) -> None:
         opt.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(loss)):
@@ -165,25 +185,21 @@ class ClipAdaptTrainer:
         if self.G_ema is not None:
             update_ema(self.G_ema, self.G, ema_beta(self.batch, self.cfg.ema_kimg, self.step * self.batch))
 
-    def diverged(self, what: str) -> None:
-        where = f"the last good snapshot is {self.last_snapshot}" if self.last_snapshot else "no snapshot yet"
-        msg = f"training stopped at step {self.step}: {what}; {where}. Lower --lr and rerun (it resumes)."
-        if self.run is not None:
-            self.run.log("ERROR " + msg)
-        raise TrainingDiverged(msg)
-
     # -- state, snapshots ---------------------------------------------------------------------------------------
     def output_generator(self):
         """The generator a snapshot / the final checkpoint holds."""
         return self.G_ema if self.G_ema is not None else self.G
 
-    def training_state(self) -> dict:
-        cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
-        return {"step": self.step, "G": cpu(self.G.state_dict()), "opt": self.opt.state_dict(),
-                "rng": {"torch": torch.get_rng_state()}}
+    def trained_modules(self) -> dict:
+        mods = {"generator": self.G}
+        if self.G_ema is not None:
+            mods["EMA generator"] = self.G_ema
+        return mods
 
-    def load_state(self, snapshot: Path) -> None:
-        state = load_training_state(snapshot)
+    def state_dict_extra(self) -> dict:
+        return {"G": self.cpu_state(self.G), "opt": self.opt.state_dict()}
+
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
         try:
             self.G.load_state_dict(state["G"])
             self.opt.load_state_dict(state["opt"])
@@ -191,9 +207,15 @@ class ClipAdaptTrainer:
                 self.G_ema.load_state_dict(load_checkpoint(snapshot, load_discriminator=False).generator.state_dict())
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this generator / --train-parts ({e})") from e
-        self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
         self._loaded_state = state
+
+    def load_state(self, snapshot: Path) -> None:
+        """Resume from ``snapshot`` now (the run loop does this itself for ``resume_from``)."""
+        self.resumed_from, self._resumed = Path(snapshot), False
+        self.resume_if_needed()
+
+    def write_checkpoint(self, folder: Path, metadata: dict) -> None:
+        save_checkpoint(folder, self.output_generator(), None, metadata=metadata)
 
     @torch.no_grad()
     def sample_images(self, seeds: list[int], trunc: float) -> torch.Tensor:
@@ -214,73 +236,34 @@ class ClipAdaptTrainer:
         return {"step": self.step, "source": self.source_name, "prompt": self.cfg.prompt,
                 "source_text": self.cfg.source_text}
 
-    def snapshot(self) -> Path | None:
-        if self.run is None:
-            return None
-        for name, G in (("generator", self.G), ("output generator", self.output_generator())):
-            if not all(bool(torch.isfinite(p).all()) for p in G.parameters()):
-                self.diverged(f"a {name} weight became NaN or infinite")
+    @property
+    def last_snapshot(self) -> Path | None:
+        return self.last_good_snapshot
+
+    def save_samples(self) -> None:
         grid = make_grid(to_uint8(self.sample_images(parse_seeds(self.cfg.seeds), self.cfg.trunc)),
                          nrow=len(SAMPLE_YAWS))
         save_image(self.run.samples / f"fakes-{self.step:06d}.png", grid)
-        path = self.run.save_snapshot(self.step, self.output_generator(), None, self.training_state(),
-                                      self.metadata())
-        self.last_snapshot = path
-        self.run.log(f"snapshot {path}")
-        return path
 
-    # -- loop ---------------------------------------------------------------------------------------------------
-    def _end_tick(self, t0: float, steps: int) -> dict:
-        rec = {"step": self.step, "nimg": self.step * self.batch}
-        rec.update({k: s / n for k, (s, n) in sorted(self._tick.items()) if n})
-        rec.update(self.extra_stats())
-        rec.update({"sec_per_step": (time.time() - t0) / max(steps, 1),
-                    "peak_memory_mb": round(_peak_memory_mb(self.device), 1), "timestamp": time.time()})
-        self._tick = {}
-        self.stats.append(rec)
-        if self.run is not None:
-            self.run.append_stats(rec)
-            shown = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in rec.items() if k.startswith("loss/"))
-            self.run.log(f"step {self.step}/{self.steps} {shown} sec/step {rec['sec_per_step']:.2f}")
+    # -- loop (the trainer core's) ------------------------------------------------------------------------------
+    def one_step(self) -> dict:
+        rec = self.train_step()
+        self.step += 1
+        self.update_ema()
         return rec
+
+    def tick_fields(self, rec: dict) -> dict:
+        return {"nimg": self.step * self.batch, **self.extra_stats()}
 
     def extra_stats(self) -> dict:
         """Fields added to every stats.jsonl record."""
         return {}
 
     def run_training(self) -> ClipAdaptResult:
-        from tqdm.auto import tqdm
-        t_start = time.time()
-        if self.resumed_from is not None:
-            self.load_state(self.resumed_from)
-        tick, snap = resolved(self.cfg, "tick_steps"), resolved(self.cfg, "snapshot_steps")
-        bar = tqdm(total=self.steps, initial=min(self.step, self.steps), unit="step", desc=self.source_name,
-                   disable=not self.cfg.progress)
-        t0, s0 = time.time(), self.step
-        while self.step < self.steps:
-            rec = self.train_step()
-            self.step += 1
-            self.update_ema()
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k.startswith(("loss/", "clip/", "branch/")):
-                    s, n = self._tick.get(k, (0.0, 0))
-                    self._tick[k] = (s + float(v), n + 1)
-            done = self.step >= self.steps
-            if self.step % tick == 0 or done:
-                self._end_tick(t0, self.step - s0)
-                t0, s0 = time.time(), self.step
-            if self.step % snap == 0 or done:
-                self.snapshot()
-            bar.update(1)
-        bar.close()
-        final = None
+        final, seconds = self.train_loop()
         G_out = self.output_generator()
-        if self.run is not None:
-            final = self.run.save_final(G_out, None, self.metadata())
-            self.run.log(f"done: {self.step} steps; final checkpoint {final}")
         return ClipAdaptResult(out=self.run.out if self.run else Path("."), generator=G_out.eval(), step=self.step,
-                               final=final, resumed_from=self.resumed_from, stats=self.stats,
-                               seconds=time.time() - t_start)
+                               final=final, resumed_from=self.resumed_from, stats=self.stats, seconds=seconds)
 
 
 class NadaTrainer(ClipAdaptTrainer):
@@ -317,39 +300,44 @@ class NadaTrainer(ClipAdaptTrainer):
         if cfg.auto_layer_k is not None and (self.selected is None or self.step % cfg.auto_layer_interval == 0):
             rec["layers"] = self.select_layers()
         gen = self.rng("nada")
-        z = self.latents(gen, self.batch)
-        with torch.no_grad():
-            ws_frozen = self.map(self.G_frozen, z)
-        ws = self.map(self.G, z) if self.map_trainable else ws_frozen
-        cams = self.random_cameras(gen, self.batch * self.views)
-        with torch.no_grad():
-            frozen = self.clip.encode(self.render(self.G_frozen, ws_frozen, cams), grad=False)
-        train = self.clip.encode(self.render(self.G, ws, cams))
-        loss = torch.zeros((), device=self.device)
-        if cfg.lambda_direction > 0:
-            d = self.clip.directional_from_embeddings(train, frozen)
-            loss = loss + cfg.lambda_direction * d.loss
-            rec["loss/direction"] = float(d.loss.detach())
-            rec.update({f"clip/{k}": v for k, v in d.per_model.items()})
-        if cfg.lambda_global > 0:
-            g = self.clip.global_from_embeddings(train)
-            loss = loss + cfg.lambda_global * g.loss
-            rec["loss/global"] = float(g.loss.detach())
-        rec["loss/total"] = float(loss.detach())
-        self.optimizer_step(self.opt, loss, "CLIP")
+        z = self.latents(gen, self.batch)  # (B, z_dim): the global batch, every process draws the same
+        cams = self.random_cameras(gen, self.batch * self.views)  # (B * V, 25)
+
+        def micro_loss(g: int, lat: slice, cam: slice):
+            with torch.no_grad():
+                ws_frozen = self.map(self.G_frozen, z[lat])
+            ws = self.map(self.G, z[lat]) if self.map_trainable else ws_frozen
+            with torch.no_grad():
+                frozen = self.clip.encode(self.render(self.G_frozen, ws_frozen, cams[cam]), grad=False)
+            train = self.clip.encode(self.render(self.G, ws, cams[cam]))
+            loss = torch.zeros((), device=self.device)
+            values: dict = {}
+            if cfg.lambda_direction > 0:
+                d = self.clip.directional_from_embeddings(train, frozen)
+                loss = loss + cfg.lambda_direction * d.loss
+                values["loss/direction"] = d.loss.detach()
+                values.update({f"clip/{k}": v for k, v in d.per_model.items()})
+            if cfg.lambda_global > 0:
+                gl = self.clip.global_from_embeddings(train)
+                loss = loss + cfg.lambda_global * gl.loss
+                values["loss/global"] = gl.loss.detach()
+            values["loss/total"] = loss.detach()
+            return loss, values
+
+        rec.update(self.accumulate_step(self.opt, self.params, micro_loss, "CLIP"))
         return rec
 
     def extra_stats(self) -> dict:
         return {"layers": list(self.selected)} if self.selected is not None else {}
 
-    def training_state(self) -> dict:
-        state = super().training_state()
+    def state_dict_extra(self) -> dict:
+        state = super().state_dict_extra()
         state["selected"] = list(self.selected) if self.selected is not None else []
         return state
 
-    def load_state(self, snapshot: Path) -> None:
-        super().load_state(snapshot)
-        chosen = [int(i) for i in self._loaded_state.get("selected", [])]
+    def load_state_extra(self, snapshot: Path, state: dict) -> None:
+        super().load_state_extra(snapshot, state)
+        chosen = [int(i) for i in state.get("selected", [])]
         if self.cfg.auto_layer_k is not None and chosen:
             self.selected = chosen
             self.trainable = set_trainable(self.G, layers_for_rows(self.G, chosen, self.allowed))

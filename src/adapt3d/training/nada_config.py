@@ -60,6 +60,10 @@ class ClipAdaptConfig(RenderStageOptions):
     num_views: int | None = None
     """Random cameras per latent and step, shared by the trainable and the frozen generator (ITportrait: 2;
     default 4; tiny: 2)."""
+    batch_gpu: int | None = None
+    """Latents per micro-batch of one process (default: --batch / number of processes). Gradients are summed over
+    micro-batches and processes, so runs with the same --batch and --batch-gpu compute the same step for any
+    number of processes (torchrun)."""
     yaw_range_deg: tuple[float, float] = (-25.0, 25.0)
     """Uniform range of the training cameras' yaw, degrees from frontal."""
     pitch_range_deg: tuple[float, float] = (-12.0, 12.0)
@@ -158,6 +162,11 @@ RESUME_NEUTRAL = frozenset({"out", "steps", "snapshot_steps", "tick_steps", "see
 def identity_of(cfg: ClipAdaptConfig) -> dict:
     """The options (resolved) that define what is trained; compared when a run folder is resumed."""
     d = {f.name: to_jsonable(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    if d.get("batch_gpu") is None:  # only when given, so that older run folders keep their identity
+        d.pop("batch_gpu", None)
+    from adapt3d.utils.job_identity import input_digests
+    d.update(input_digests(generator=cfg.generator, style_image=getattr(cfg, "style_image", None),
+                           latent=getattr(cfg, "latent", None)))  # local inputs by their contents
     for name in ("style_image", "latent", "style_camera"):
         if d.get(name):
             d[name] = str(Path(d[name]).expanduser().resolve())
@@ -191,6 +200,8 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     load_templates(cfg.templates)
     _check(math.isfinite(cfg.direction_floor) and cfg.direction_floor >= 0, "direction-floor", cfg.direction_floor,
            "a CLIP distance >= 0")
+    if cfg.batch_gpu is not None:
+        _check(isinstance(cfg.batch_gpu, int) and cfg.batch_gpu >= 1, "batch-gpu", cfg.batch_gpu, "an integer >= 1")
     for name in ("steps", "batch", "num_views", "snapshot_steps", "tick_steps", "video_frames", "eval_samples"):
         v = resolved(cfg, name)
         _check(isinstance(v, int) and v >= 1, name.replace("_", "-"), v, "an integer >= 1")

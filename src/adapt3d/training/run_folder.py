@@ -8,6 +8,12 @@
     <out>/snapshots/snapshot-<step>/      adapt3d checkpoint (G_ema + D) + training_state.pt
     <out>/final/                          adapt3d checkpoint (G_ema + D) of the last step
 
+``<out>/.adapt3d.lock`` is the writer lock (:mod:`adapt3d.utils.folder_lock`), held by rank 0 for the whole run
+(:meth:`RunFolder.writer`), which also removes temporaries that killed writers left behind. ``options.json`` holds the
+run's identity (:mod:`adapt3d.utils.job_identity`): a rerun with other options is refused, naming them, unless the
+folder holds no work yet (no snapshot, no final): a run that failed before its first snapshot does not block the
+corrected command.
+
 ``<step>`` is the optimiser step, six digits. ``training_state.pt`` holds only tensors and plain containers
 (the training generator's weights, both optimiser states, step, images seen, augmentation state, RNG states) and
 loads with ``torch.load(..., weights_only=True)``. Snapshots are written into a hidden temporary folder and renamed
@@ -27,7 +33,9 @@ from typing import Any
 import torch
 
 from adapt3d.models.checkpoint import save_checkpoint
+from adapt3d.utils.folder_lock import folder_lock, sweep_stale_temps
 from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, removed_on_error, replace_folder
+from adapt3d.utils.job_identity import identity_error
 from adapt3d.utils.torch_load import load_weights_only
 
 __all__ = ["RunFolder", "TRAINING_STATE"]
@@ -50,6 +58,25 @@ class RunFolder:
         self.samples = self.out / "samples"
         self.snapshots_dir = self.out / "snapshots"
         self.final = self.out / "final"
+
+    # -- writer lock --------------------------------------------------------------------------------------------
+    def writer(self, job: str, flag: str = "--out"):
+        """``with run.writer("finetune"):`` hold the folder's writer lock (rank 0; other ranks write nothing) and
+        sweep temporaries of dead writers first."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def hold():
+            with folder_lock(self.out, job, flag, enabled=self.is_main) as lock:
+                if self.is_main:
+                    for p in sweep_stale_temps(self.out):
+                        logger.info("removed %s (a temporary of a killed writer)", p)
+                yield lock
+        return hold()
+
+    def has_work(self) -> bool:
+        """True when the folder holds a snapshot or a final checkpoint (work a rerun must not mix or lose)."""
+        return self.latest_snapshot() is not None or (self.final / "checkpoint.json").is_file()
 
     # -- options ------------------------------------------------------------------------------------------------
     def read_options(self) -> dict | None:
@@ -130,11 +157,14 @@ class RunFolder:
         'never' (the folder must hold no run) or a snapshot folder. A folder holding a run with other options is
         refused, naming the options that differ."""
         existing, latest = self.read_options(), self.latest_snapshot()
-        if existing is not None and existing.get("identity") != identity:
-            old = existing.get("identity") or {}
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise ValueError(f"--out: {self.out} holds a run with other options (differences: {', '.join(diff)}); "
-                             "use a new --out, or the same options to resume it")
+        same = existing is None or json.loads(json.dumps(existing.get("identity"))) == json.loads(json.dumps(identity))
+        if not same and not self.has_work():
+            # A run that stopped before its first snapshot (a failed start, a kill): nothing to keep or mix.
+            logger.info("%s: replacing the options of a run that saved no work", self.out)
+            self.truncate_stats(0)
+            existing = None
+        elif not same:
+            raise identity_error(self.out, "", existing.get("identity") or {}, identity, what="a run")
         if resume == "auto":
             return latest
         if resume == "never":
@@ -148,29 +178,40 @@ class RunFolder:
                              "<run>/snapshots/snapshot-XXXXXX)")
         return snap
 
-    def save_snapshot(self, step: int, G_ema: torch.nn.Module, D: torch.nn.Module, state: dict,
-                      metadata: dict) -> Path:
-        """Write snapshot ``step`` (checkpoint of G_ema and D + training_state.pt) atomically."""
+    def write_snapshot(self, step: int, write_checkpoint, state: dict) -> Path:
+        """Write snapshot ``step`` atomically: ``write_checkpoint(folder)`` fills a temporary folder with the
+        checkpoint, then ``training_state.pt`` (``state``) is added and the folder renamed into place."""
         dest = self.snapshot_path(step)
         if not self.is_main:
             return dest
         tmp = self.snapshots_dir / f".tmp-{dest.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         with removed_on_error(tmp):  # a failed write (disk full) leaves no partial snapshot; older ones stay
-            save_checkpoint(tmp, G_ema, D, metadata=metadata)
+            tmp.mkdir(parents=True)
+            write_checkpoint(tmp)
             with atomic_path(tmp / TRAINING_STATE) as t:
                 torch.save({"format": STATE_FORMAT, "version": 1, **state}, t)
         replace_folder(tmp, dest)
         return dest
 
-    def save_final(self, G_ema: torch.nn.Module, D: torch.nn.Module, metadata: dict) -> Path:
+    def write_final(self, write_checkpoint) -> Path:
+        """Write ``final/`` atomically with ``write_checkpoint(folder)`` (rank 0)."""
         if self.is_main:
             tmp = self.out / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             with removed_on_error(tmp):
-                save_checkpoint(tmp, G_ema, D, metadata=metadata)
+                tmp.mkdir(parents=True)
+                write_checkpoint(tmp)
             replace_folder(tmp, self.final)
         return self.final
+
+    def save_snapshot(self, step: int, G_ema: torch.nn.Module, D: torch.nn.Module | None, state: dict,
+                      metadata: dict) -> Path:
+        """Snapshot of a tri-plane generator (+ D): :meth:`write_snapshot` with ``save_checkpoint``."""
+        return self.write_snapshot(step, lambda tmp: save_checkpoint(tmp, G_ema, D, metadata=metadata), state)
+
+    def save_final(self, G_ema: torch.nn.Module, D: torch.nn.Module | None, metadata: dict) -> Path:
+        return self.write_final(lambda tmp: save_checkpoint(tmp, G_ema, D, metadata=metadata))
 
 
 def load_training_state(snapshot: str | os.PathLike) -> dict[str, Any]:

@@ -71,15 +71,17 @@ def no_space_error(exc: BaseException, path: str | os.PathLike) -> NoSpaceError 
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    The temporary file keeps ``path``'s suffix (or ``suffix``) so that writers which pick a format from the
-    extension (imageio, trimesh, PIL) still work, and gets the permissions a plain ``open(path, "w")`` would (0666
+    The temporary file ``.<stem>.<pid>.tmpXXXXXXXX<suffix>`` keeps ``path``'s suffix (or ``suffix``) so that
+    writers which pick a format from the extension (imageio, trimesh, PIL) still work, and gets the permissions a plain ``open(path, "w")`` would (0666
     less the umask). On any exception the temporary file is removed and ``path`` is left untouched; a write that
     failed because the disk is full is raised as ``NoSpaceError`` ("no space left on <mount point> ...").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.parent)
+    # The name carries the writer's pid (".<stem>.<pid>.tmpXXXXXXXX<suffix>"), so a later run can tell the
+    # temporaries of a killed writer from a live one's (adapt3d.utils.folder_lock.sweep_stale_temps).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.tmp",
+                               suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets the mode a plain open() would give
