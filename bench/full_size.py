@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
 
-from full_size_stages import STAGE_FUNCTIONS, STAGE_MODELS, STAGES, Context  # noqa: E402
+from full_size_stages import PROFILES, STAGE_FUNCTIONS, STAGE_MODELS, STAGES, Context  # noqa: E402
 
 PRESETS = ("full-size-random", "tiny")
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -61,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="dtype of the diffusion and CLIP models: auto (fp16 on CUDA, "
                    "fp32 on CPU), fp32, fp16 (CUDA only), bf16. EG3D always runs as EG3D does (fp32, with its "
                    "fp16 super-resolution and discriminator layers on CUDA)")
-    p.add_argument("--quick", action="store_true", help="few items per stage (the CPU suite), full-size models")
+    p.add_argument("--quick", action="store_true", help="= --profile quick: few items per stage (the CPU suite), "
+                   "full-size models")
+    p.add_argument("--profile", default=None, help="counts per stage: quick, device (a GPU check that fits in "
+                   "minutes) or full (default; realistic counts)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--preset", default="full-size-random", help=f"models: {' or '.join(PRESETS)}")
     p.add_argument("--cache", default=None, help="root of the full-size-random models "
@@ -73,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--in-process", action="store_true", help="run the stages in this process (no isolation)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-mem-gb", type=float, default=None, help="CPU: cap each stage process's data memory "
+                   "(RLIMIT_DATA) so that an oversized stage fails with an out-of-memory line instead of pushing "
+                   "a shared machine into the kernel's OOM killer")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -84,6 +90,11 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], torch.device, torch
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise SystemExit(f"--stages: unknown stage(s) {unknown or [args.stages]}; choose from {', '.join(STAGES)}")
+    if args.profile is None:
+        args.profile = "quick" if args.quick else "full"
+    elif args.profile not in PROFILES or (args.quick and args.profile != "quick"):
+        raise SystemExit(f"--profile: {args.profile!r} is not one of {', '.join(PROFILES)}"
+                         + (" (or conflicts with --quick)" if args.quick else ""))
     if args.preset not in PRESETS:
         raise SystemExit(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)}")
     try:
@@ -98,6 +109,9 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], torch.device, torch
                              f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if args.max_mem_gb is not None and (args.max_mem_gb <= 0 or device.type != "cpu" or args.in_process):
+        raise SystemExit(f"--max-mem-gb {args.max_mem_gb}: needs a positive size, --device cpu and stage processes "
+                         "(not --in-process)")
     if args.dtype not in DTYPES:
         raise SystemExit(f"--dtype: {args.dtype!r} is not one of {', '.join(DTYPES)}")
     dtype = DTYPES[args.dtype]
@@ -202,7 +216,7 @@ def run_stage(stage: str, ctx: Context) -> list[dict]:
 
 
 def _context(args, device, dtype) -> Context:
-    return Context(device=device, dtype=dtype, quick=args.quick, preset=args.preset,
+    return Context(device=device, dtype=dtype, profile=args.profile, preset=args.preset,
                    root=Path(args.cache).expanduser() if args.cache else None, seed=args.seed, compile=args.compile)
 
 
@@ -226,8 +240,8 @@ def _emit(line: dict, out: str | None) -> None:
 
 def _child_command(args, stage: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--device", args.device, "--dtype",
-           args.dtype, "--preset", args.preset, "--seed", str(args.seed)]
-    for flag, on in (("--quick", args.quick), ("--fast", args.fast), ("--compile", args.compile)):
+           args.dtype, "--preset", args.preset, "--seed", str(args.seed), "--profile", args.profile]
+    for flag, on in (("--fast", args.fast), ("--compile", args.compile)):
         if on:
             cmd.append(flag)
     if args.cache:
@@ -237,8 +251,20 @@ def _child_command(args, stage: str) -> list[str]:
     return cmd
 
 
+def _limit_memory(gb: float | None):
+    if gb is None:
+        return None
+
+    def apply():
+        import resource
+        limit = int(gb * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return apply
+
+
 def _run_child(args, stage: str, device, ctx: Context) -> list[dict]:
-    proc = subprocess.run(_child_command(args, stage), capture_output=True, text=True)
+    proc = subprocess.run(_child_command(args, stage), capture_output=True, text=True,
+                          preexec_fn=_limit_memory(args.max_mem_gb))
     lines = [json.loads(t) for t in proc.stdout.splitlines() if t.startswith("{")]
     if lines and proc.returncode == 0:
         return lines
@@ -279,7 +305,7 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     _emit({"stage": "suite", "device": str(device), "gpu": gpu, "cpu": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": args.preset,
-           "quick": args.quick, "stages": stages, "statuses": statuses,
+           "profile": args.profile, "stages": stages, "statuses": statuses,
            "seconds": round(time.perf_counter() - t0, 1),
            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "bench/full_size.py"] +
                                                                     list(argv if argv is not None else sys.argv[1:]))},

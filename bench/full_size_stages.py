@@ -23,17 +23,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("render", "make-dataset", "finetune", "nada", "distill", "synth", "invert", "eval")
 
-# Counts of the --quick suite (this 2-core CPU, full-size models, a few items) and of a realistic run (a GPU).
+# Counts per profile: "quick" (this 2-core CPU: full-size models, a few items), "device" (a GPU device check that
+# must fit in minutes), "full" (realistic counts on a GPU). ``nrr``: neural rendering resolution of the training
+# stages when not the generator's 128 (64 is DATID-3D's initial value; quick uses it to fit the CPU budget).
 COUNTS = {
-    "render": dict(quick=dict(batches=(1, 4), warmup=1, runs=1), full=dict(batches=(1, 4), warmup=2, runs=10)),
-    "make-dataset": dict(quick=dict(images=2, batch=2, steps=2), full=dict(images=32, batch=8, steps=50)),
-    "finetune": dict(quick=dict(batch=4, warmup=0, steps=1), full=dict(batch=4, warmup=2, steps=10)),
-    "nada": dict(quick=dict(batch=1, views=4, warmup=0, steps=1), full=dict(batch=2, views=4, warmup=1, steps=5)),
-    "distill": dict(quick=dict(batch=1, warmup=0, steps=1), full=dict(batch=4, warmup=1, steps=5)),
-    "synth": dict(quick=dict(images=1, batch=1, steps=2), full=dict(images=16, batch=4, steps=20)),
-    "invert": dict(quick=dict(steps=2), full=dict(steps=100)),
-    "eval": dict(quick=dict(latents=2, views=3), full=dict(latents=16, views=5)),
+    "render": dict(quick=dict(batches=(1, 4), warmup=1, runs=1), device=dict(batches=(1, 4), warmup=2, runs=5),
+                   full=dict(batches=(1, 4), warmup=2, runs=10)),
+    "make-dataset": dict(quick=dict(images=2, batch=2, steps=2), device=dict(images=8, batch=8, steps=50),
+                         full=dict(images=32, batch=8, steps=50)),
+    "finetune": dict(quick=dict(batch=2, warmup=0, steps=1, nrr=64), device=dict(batch=4, warmup=2, steps=5),
+                     full=dict(batch=4, warmup=2, steps=10)),
+    "nada": dict(quick=dict(batch=1, views=4, warmup=0, steps=1, nrr=64),
+                 device=dict(batch=1, views=4, warmup=1, steps=3), full=dict(batch=2, views=4, warmup=1, steps=5)),
+    "distill": dict(quick=dict(batch=1, warmup=0, steps=1, nrr=64), device=dict(batch=4, warmup=1, steps=3),
+                    full=dict(batch=4, warmup=1, steps=5)),
+    "synth": dict(quick=dict(images=1, batch=1, steps=2), device=dict(images=8, batch=4, steps=20),
+                  full=dict(images=16, batch=4, steps=20)),
+    "invert": dict(quick=dict(steps=2), device=dict(steps=50), full=dict(steps=100)),
+    "eval": dict(quick=dict(latents=2, views=3), device=dict(latents=8, views=5), full=dict(latents=16, views=5)),
 }
+PROFILES = ("quick", "device", "full")
 PROMPTS = ("a 3D render of a face in Pixar style", "a zombie")
 
 
@@ -49,15 +58,19 @@ def _bench_module(name: str):
 class Context:
     device: torch.device
     dtype: torch.dtype | None  # diffusion / CLIP models (None: the loaders' default, fp16 on CUDA, fp32 on CPU)
-    quick: bool
+    profile: str  # "quick", "device" or "full" (see COUNTS)
     preset: str  # "full-size-random" or "tiny"
     root: Path | None = None
     seed: int = 0
     compile: bool = False
     built: dict = field(default_factory=dict)  # model name -> seconds spent building it (first use only)
 
+    @property
+    def quick(self) -> bool:
+        return self.profile == "quick"
+
     def counts(self, stage: str) -> dict:
-        return COUNTS[stage]["quick" if self.quick else "full"]
+        return COUNTS[stage][self.profile]
 
     def model(self, name: str) -> str:
         """What the loaders take for ``name`` (an adapt3d.configs name): a folder or an EG3D snapshot."""
@@ -73,7 +86,8 @@ class Context:
         folder = location.parent if location.suffix == ".pkl" else location
         if not is_full_size_model(folder, name):
             t0 = time.perf_counter()
-            ensure_full_size_model(name, self.root, seed=self.seed)
+            ensure_full_size_model(name, self.root, seed=self.seed,
+                                   device=str(self.device) if self.device.type == "cuda" else "cpu")
             self.built[name] = round(time.perf_counter() - t0, 1)
         return str(location)
 
@@ -217,7 +231,8 @@ def stage_finetune(ctx: Context) -> list[dict]:
     G, D = _load_eg3d(ctx, discriminator=True)
     dataset = bench_ft.memory_dataset(G, max(4 * k["batch"], 16))
     cfg = FinetuneConfig(dataset=Path("."), generator="bench", batch=k["batch"], kimg=1e6, density_reg_interval=1,
-                         d_reg_interval=1, augment="fixed", augment_p=0.2, progress=False)
+                         d_reg_interval=1, augment="fixed", augment_p=0.2, neural_rendering_resolution=k.get("nrr"),
+                         progress=False)
     trainer = Trainer(cfg, G, D, dataset, device=ctx.device)
     notes = []
     if ctx.compile:  # after the trainer made its copies (G_ema)
@@ -229,6 +244,7 @@ def stage_finetune(ctx: Context) -> list[dict]:
     return [{"batch": k["batch"], "params": _params(G, D), "items": k["batch"], "seconds": step,
              "phase_seconds": {n: round(v, 4) for n, v in timing["phase_seconds"].items()},
              "kimg_per_hour": 3600 / (step / k["batch"] * 1000), "steps": k["steps"], "warmup": k["warmup"],
+             "neural_rendering_resolution": trainer.nrr_initial,
              "notes": ["seconds = amortised step: every phase timed, Greg every 4 steps, R1 every 16 (DATID-3D); "
                        "R1 gamma 5, density reg 0.25, ADA p 0.2; in-memory dataset"] + notes + (
                  [f"torch.compile: G synthesis {compile_status(trainer.G.backbone.synthesis)}, D "
@@ -245,7 +261,7 @@ def stage_nada(ctx: Context) -> list[dict]:
     clips = (ctx.model("clip-vit-b-32"), ctx.model("clip-vit-b-16"))
     cfg = NadaConfig(prompt="a zombie", source_text="a photo", generator="bench", clip_models=clips, templates="none",
                      batch=k["batch"], num_views=k["views"], steps=k["warmup"] + k["steps"], device=str(ctx.device),
-                     progress=False)
+                     neural_rendering_resolution=k.get("nrr"), progress=False)
     G, _ = _load_eg3d(ctx)
     clip_loss = build_clip_loss(cfg, ctx.device)
     trainer = NadaTrainer(cfg, G, clip_loss, device=ctx.device)
@@ -258,6 +274,7 @@ def stage_nada(ctx: Context) -> list[dict]:
     clip_params = sum(_params(s.model) for s in clip_loss.scorers) if hasattr(clip_loss, "scorers") else 0
     return [{"batch": views, "params": _params(trainer.G) + clip_params, "items": views,
              "seconds": statistics.median(times), "steps": k["steps"], "warmup": k["warmup"],
+             "neural_rendering_resolution": trainer.nrr,
              "notes": [f"{k['batch']} latent(s) x {k['views']} views per step, trainable and frozen G rendered, "
                        "2 CLIP models; items = views"]}]
 
@@ -275,7 +292,7 @@ def stage_distill(ctx: Context) -> list[dict]:
         {"torch_dtype": ctx.dtype} if ctx.dtype is not None else {}))
     cfg = DistillConfig(prompts=";".join(PROMPTS), generator="bench", batch=k["batch"],
                         steps=k["warmup"] + k["steps"], diversity_features="pixels", evaluate=False,
-                        device=str(ctx.device), progress=False)
+                        neural_rendering_resolution=k.get("nrr"), device=str(ctx.device), progress=False)
     cond = TextConditioningConfig.for_generator(G, sds.text_dim, num_groups=min(cfg.num_groups, G.num_ws),
                                                 adapter_hidden=cfg.adapter_hidden, attn_dim=cfg.attn_dim,
                                                 attn_heads=cfg.attn_heads, attn_resolution=cfg.attn_resolution)
@@ -292,8 +309,9 @@ def stage_distill(ctx: Context) -> list[dict]:
     return [{"batch": k["batch"], "params": _params(model, D, *teacher), "items": k["batch"],
              "seconds": statistics.median(times), "steps": k["steps"], "warmup": k["warmup"],
              "conditioning_params": sum(p.numel() for p in model.conditioning_parameters()),
-             "notes": [f"SDS (guidance 100) at {sds.resolution} px through the VAE encoder, GAN loss 0.05 with a D step "
-                       "(R1 every 16)"]}]
+             "neural_rendering_resolution": trainer.nrr,
+             "notes": [f"SDS (guidance 100) at {sds.resolution} px through the VAE encoder, GAN loss 0.05 with a "
+                       "D step (R1 every 16)"]}]
 
 
 def stage_synth(ctx: Context) -> list[dict]:
@@ -321,7 +339,8 @@ def stage_synth(ctx: Context) -> list[dict]:
         gen(control, prompts, num_inference_steps=1)  # warm-up
     total, done = 0.0, 0
     while done < k["images"]:
-        _, s = ctx.timed(gen, control, prompts, num_inference_steps=k["steps"], seeds=list(range(done, done + len(prompts))))
+        seeds = list(range(done, done + len(prompts)))
+        _, s = ctx.timed(gen, control, prompts, num_inference_steps=k["steps"], seeds=seeds)
         total, done = total + s, done + len(prompts)
     overhead = None
     if not ctx.quick:

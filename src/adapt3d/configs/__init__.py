@@ -2,14 +2,12 @@
 
 One JSON file per model, written from the models' public configuration files (each file's ``source`` names them):
 
-| name | kind | what |
-| --- | --- | --- |
-| ``sd15`` | stable-diffusion | Stable Diffusion 1.5: UNet, VAE, CLIP ViT-L/14 text encoder, tokenizer, PNDM scheduler |
-| ``sd21-base`` | stable-diffusion | Stable Diffusion 2.1-base: UNet, VAE, OpenCLIP ViT-H text encoder, tokenizer, scheduler |
-| ``sdxl-base`` | stable-diffusion-xl | SDXL base 1.0: UNet, VAE, two text encoders, two tokenizers, Euler scheduler |
-| ``controlnet-sd15-canny``, ``controlnet-sd15-depth`` | controlnet | ControlNet 1.0 for SD 1.5 |
-| ``clip-vit-b-32``, ``clip-vit-b-16``, ``clip-vit-l-14`` | clip | OpenAI CLIP: model, tokenizer, image processor |
-| ``eg3d-ffhq512``, ``eg3d-afhq512``, ``eg3d-shapenet128`` | eg3d | EG3D generator + dual discriminator (official kwargs) |
+- ``sd15``: Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text encoder, tokenizer, PNDM scheduler);
+- ``sd21-base``: Stable Diffusion 2.1-base (UNet, VAE, OpenCLIP ViT-H text encoder, tokenizer, scheduler);
+- ``sdxl-base``: SDXL base 1.0 (UNet, VAE, two text encoders, two tokenizers, Euler scheduler);
+- ``controlnet-sd15-canny``, ``controlnet-sd15-depth``: ControlNet 1.0 for SD 1.5;
+- ``clip-vit-b-32``, ``clip-vit-b-16``, ``clip-vit-l-14``: OpenAI CLIP (model, tokenizer, image processor);
+- ``eg3d-ffhq512``, ``eg3d-afhq512``, ``eg3d-shapenet128``: EG3D generator + dual discriminator (official kwargs).
 
 Each file holds ``name``, ``kind``, ``title``, ``source``, ``disk_dtype`` (the dtype the released weights ship in)
 and ``components``: component name -> ``{"library", "class", "config"}`` (diffusers / transformers config

@@ -6,12 +6,13 @@ ControlNets, CLIP ViT-B/32, B/16, L/14, EG3D ffhq512 / afhq512 / shapenet128) is
 and written in the layout its release uses, so that adapt3d's normal loaders read it back exactly as they read
 real weights:
 
-| kind | written as | loaded by |
-| --- | --- | --- |
-| stable-diffusion(-xl) | diffusers pipeline folder: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder[_2]/``, ``tokenizer[_2]/``, ``scheduler/`` | ``Img2ImgTranslator`` / ``ScoreDistillation`` / ``ControlNetGenerator.from_pretrained`` |
-| controlnet | ``ControlNetModel`` folder | ``ControlNetGenerator.from_pretrained`` |
-| clip | ``CLIPModel`` + ``CLIPProcessor`` folder | ``CLIPScorer.from_pretrained`` |
-| eg3d | official-format ``network-snapshot-000000.pkl`` (G, D, G_ema) | ``load_generator(checkpoint=...)`` (the safe pickle reader) |
+- stable-diffusion(-xl): a diffusers pipeline folder (``model_index.json``, ``unet/``, ``vae/``,
+  ``text_encoder[_2]/``, ``tokenizer[_2]/``, ``scheduler/``), read by ``Img2ImgTranslator``,
+  ``ScoreDistillation`` and ``ControlNetGenerator.from_pretrained``;
+- controlnet: a ``ControlNetModel`` folder, read by ``ControlNetGenerator.from_pretrained``;
+- clip: a ``CLIPModel`` + ``CLIPProcessor`` folder, read by ``CLIPScorer.from_pretrained``;
+- eg3d: an official-format ``network-snapshot-000000.pkl`` (G, D, G_ema), read by
+  ``load_generator(checkpoint=...)`` (the safe pickle reader).
 
 Weights are stored in the dtype the release ships (``disk_dtype``: float16 for the SD pipelines, half the disk),
 as safetensors. Parameters get PyTorch's default initialisation per layer (``reset_parameters``), drawn from a
@@ -118,20 +119,29 @@ def _default_init(name: str, p: torch.Tensor) -> None:
             p.normal_(0.0, 0.02)
 
 
-def random_component(spec: dict, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Build a component with seeded random weights in ``dtype``, one layer at a time (see the module docstring)."""
+def random_component(spec: dict, seed: int, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> nn.Module:
+    """Build a component with seeded random weights in ``dtype``, one layer at a time (see the module docstring).
+    ``device``: where the weights are drawn and kept (a GPU draws them much faster; the values then come from that
+    device's generator, so they differ from a CPU build with the same seed)."""
     from accelerate import init_empty_weights
 
+    device = torch.device(device)
     with init_empty_weights(include_buffers=False):
         model = _construct(spec)
-    with torch.random.fork_rng(devices=[]):
+    if device.type != "cpu":  # the (real) buffers; the meta parameters are materialised below
+        for module in model.modules():
+            for n, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[n] = b.to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for module in model.modules():
             own = [(n, p) for n, p in module._parameters.items() if p is not None and p.device.type == "meta"]
             if not own:
                 continue
             for n, p in own:
-                module._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=torch.float32),
+                module._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=torch.float32, device=device),
                                                      requires_grad=p.requires_grad)
             reset = getattr(module, "reset_parameters", None)
             if callable(reset) and type(module).__module__.startswith("torch.nn."):  # built-in layers: own params
@@ -148,13 +158,19 @@ def _component_seed(seed: int, component: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(component.encode())) % 2 ** 31
 
 
+_TOKENIZERS: dict = {}  # (bpe file, max length, pad token) -> tokenizer: building one takes seconds
+
+
 def _tokenizer(layout: dict):
     """(tokenizer, description): CLIP's real vocabulary when available, else the byte-level fallback."""
     from adapt3d.testing.clip_vocab import clip_bpe_tokenizer, find_clip_bpe
 
     bpe = find_clip_bpe()
     if bpe is not None:
-        tok = clip_bpe_tokenizer(bpe, model_max_length=layout["model_max_length"], pad_token=layout["pad_token"])
+        key = (str(bpe), layout["model_max_length"], layout["pad_token"])
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = clip_bpe_tokenizer(bpe, model_max_length=key[1], pad_token=key[2])
+        tok = _TOKENIZERS[key]
         return tok, f"CLIP BPE vocabulary ({len(tok)} tokens) from {bpe.name}"
     tok = tiny_clip_tokenizer()
     tok.model_max_length = layout["model_max_length"]
@@ -163,7 +179,7 @@ def _tokenizer(layout: dict):
                  "ADAPT3D_CLIP_BPE to open_clip's bpe_simple_vocab_16e6.txt.gz or an open_clip_torch wheel)")
 
 
-def _save_pipeline(config: dict, folder: Path, seed: int) -> dict:
+def _save_pipeline(config: dict, folder: Path, seed: int, device: str = "cpu") -> dict:
     import diffusers
 
     info: dict = {"parameters": {}, "tokenizer": None}
@@ -177,7 +193,7 @@ def _save_pipeline(config: dict, folder: Path, seed: int) -> dict:
         elif comp == "scheduler":
             getattr(diffusers, spec["class"]).from_config(spec["config"]).save_pretrained(folder / comp)
         else:
-            model = random_component(spec, _component_seed(seed, comp), dtype)
+            model = random_component(spec, _component_seed(seed, comp), dtype, device)
             info["parameters"][comp] = sum(p.numel() for p in model.parameters())
             model.save_pretrained(folder / comp)
             del model
@@ -190,9 +206,9 @@ def _save_pipeline(config: dict, folder: Path, seed: int) -> dict:
     return info
 
 
-def _save_single(config: dict, folder: Path, seed: int) -> dict:
+def _save_single(config: dict, folder: Path, seed: int, device: str = "cpu") -> dict:
     (comp, spec), = _weight_specs(config).items()
-    model = random_component(spec, _component_seed(seed, comp), _DTYPES[config["disk_dtype"]])
+    model = random_component(spec, _component_seed(seed, comp), _DTYPES[config["disk_dtype"]], device)
     info: dict = {"parameters": {comp: sum(p.numel() for p in model.parameters())}, "tokenizer": None}
     model.save_pretrained(folder)
     if config["kind"] == "clip":
@@ -203,7 +219,7 @@ def _save_single(config: dict, folder: Path, seed: int) -> dict:
     return info
 
 
-def _save_eg3d(config: dict, folder: Path, seed: int) -> dict:
+def _save_eg3d(config: dict, folder: Path, seed: int, device: str = "cpu") -> dict:
     from adapt3d.testing.official_pickle import write_eg3d_snapshot
 
     specs = config["components"]
@@ -217,21 +233,22 @@ def _save_eg3d(config: dict, folder: Path, seed: int) -> dict:
             "tokenizer": None}
 
 
-def build_random_model(config: dict, folder: str | os.PathLike, seed: int = 0) -> dict:
+def build_random_model(config: dict, folder: str | os.PathLike, seed: int = 0, device: str = "cpu") -> dict:
     """Write ``config`` (a :func:`adapt3d.configs.model_config` dict, possibly scaled down for tests) with seeded
     random weights into the existing empty ``folder`` in its release layout; returns what was built (parameter
-    counts, tokenizer). Prefer :func:`ensure_full_size_model`, which caches and writes atomically."""
+    counts, tokenizer). ``device``: where diffusion / CLIP weights are drawn (EG3D's always on the CPU). Prefer
+    :func:`ensure_full_size_model`, which caches and writes atomically."""
     folder = Path(folder)
     kind = config["kind"]
     if kind in ("stable-diffusion", "stable-diffusion-xl"):
-        info = _save_pipeline(config, folder, seed)
+        info = _save_pipeline(config, folder, seed, device)
     elif kind in ("controlnet", "clip"):
-        info = _save_single(config, folder, seed)
+        info = _save_single(config, folder, seed, device)
     elif kind == "eg3d":
         info = _save_eg3d(config, folder, seed)
     else:
         raise ValueError(f"config kind {kind!r} cannot be built")
-    info.update(name=config["name"], disk_dtype=config["disk_dtype"])
+    info.update(name=config["name"], disk_dtype=config["disk_dtype"], build_device=str(device))
     return info
 
 
@@ -246,9 +263,11 @@ def is_full_size_model(folder: str | os.PathLike, name: str | None = None) -> bo
     return is_tiny_model(folder, name, marker=MARKER, version=FORMAT_VERSION)
 
 
-def ensure_full_size_model(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+def ensure_full_size_model(name: str, root: str | os.PathLike | None = None, seed: int = 0,
+                           device: str = "cpu") -> Path:
     """Build ``name`` once under ``root`` (default :func:`default_full_size_dir`); returns what the loaders take
-    (:func:`full_size_location`). A cached model built with another seed is refused, naming both seeds."""
+    (:func:`full_size_location`). A cached model built with another seed is refused, naming both seeds.
+    ``device``: see :func:`build_random_model`."""
     if name not in model_names():
         raise ValueError(f"unknown full-size model {name!r}; choose one of {model_names()}")
     location = full_size_location(name, root)
@@ -259,6 +278,6 @@ def ensure_full_size_model(name: str, root: str | os.PathLike | None = None, see
             raise ValueError(f"{folder} holds {name} built with seed {built}, not {seed}; remove it or pick another "
                              "root")
         return location
-    _cached_build(folder, name, seed, lambda tmp: build_random_model(model_config(name), tmp, seed),
+    _cached_build(folder, name, seed, lambda tmp: build_random_model(model_config(name), tmp, seed, device),
                   marker=MARKER, version=FORMAT_VERSION)
     return location
