@@ -243,8 +243,13 @@ def full_size(check: Check) -> dict:
     bad = [x["stage"] for x in stage_lines if x.get("status") != "ok"]
     rec["status"] = "ok" if not bad and not rec["not_run"] else "incomplete"
     if rec["status"] != "ok":
-        rec["reason"] = (f"stages not ok: {bad}" if bad else "") + (
-            f" not run (time limit {proc.returncode == -999}): {rec['not_run']}" if rec["not_run"] else "")
+        why = []
+        if bad:
+            why.append(f"stages not ok: {bad}")
+        if rec["not_run"]:
+            why.append(f"stages not run: {rec['not_run']}"
+                       + (" (the benchmark hit its time limit)" if proc.returncode == -999 else ""))
+        rec["reason"] = "; ".join(why)
     return rec
 
 

@@ -65,20 +65,14 @@ def test_parameter_counts_equal_the_published_ones(name):
 
 
 def test_meta_build_allocates_no_weights():
-    unet = empty_components("sdxl-base")["unet"]
-    assert all(p.device.type == "meta" for p in unet.parameters())
-
-
-@pytest.mark.parametrize("name", ["eg3d-ffhq512", "eg3d-afhq512"])
-def test_eg3d_state_dicts_match_the_official_networks(name):
-    for comp, module in empty_components(name).items():
-        sd = module.state_dict()
-        assert (len(sd), sum(t.numel() for t in sd.values())) == EG3D_FFHQ_STATE[comp]
+    model = empty_components("clip-vit-b-32")["model"]
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert all(b.device.type == "cpu" for b in model.buffers())  # buffers stay real
 
 
 @pytest.mark.parametrize("name,preset", [("eg3d-ffhq512", "ffhq512"), ("eg3d-afhq512", "afhq512"),
                                          ("eg3d-shapenet128", "shapenet128")])
-def test_eg3d_configs_are_the_presets(name, preset):
+def test_eg3d_configs_are_the_presets_and_the_official_networks(name, preset):
     from adapt3d.models.eg3d_convert import generator_config_from_official
     from adapt3d.models.triplane import preset_config
     from adapt3d.pipelines.finetune import default_discriminator
@@ -86,11 +80,15 @@ def test_eg3d_configs_are_the_presets(name, preset):
     assert cfg["preset"] == preset
     g = cfg["components"]["G"]
     assert generator_config_from_official(g["init_kwargs"], g["attributes"]) == preset_config(preset)
-    G = empty_components(name)["G"]
+    comps = empty_components(name)
     with torch.device("meta"):
-        D_preset = default_discriminator(G)
-    D = empty_components(name)["D"]
-    assert {k: v.shape for k, v in D.state_dict().items()} == {k: v.shape for k, v in D_preset.state_dict().items()}
+        D_preset = default_discriminator(comps["G"])
+    shapes = {k: v.shape for k, v in comps["D"].state_dict().items()}
+    assert shapes == {k: v.shape for k, v in D_preset.state_dict().items()}
+    if name != "eg3d-shapenet128":  # the official counts are those of the 512 px FFHQ-architecture networks
+        for comp, module in comps.items():
+            sd = module.state_dict()
+            assert (len(sd), sum(t.numel() for t in sd.values())) == EG3D_FFHQ_STATE[comp]
 
 
 def test_unknown_model_is_refused():

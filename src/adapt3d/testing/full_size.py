@@ -281,3 +281,31 @@ def ensure_full_size_model(name: str, root: str | os.PathLike | None = None, see
     _cached_build(folder, name, seed, lambda tmp: build_random_model(model_config(name), tmp, seed, device),
                   marker=MARKER, version=FORMAT_VERSION)
     return location
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adapt3d.testing.full_size [NAME ...] [--root DIR] [--device cuda] [--seed N]``: build (once)
+    and print where each model is; with no name, list the names and their parameter counts."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m adapt3d.testing.full_size", description=main.__doc__)
+    p.add_argument("names", nargs="*", help=f"models to build: {', '.join(model_names())} or 'all'")
+    p.add_argument("--root", default=None, help="cache root (default $ADAPT3D_CACHE/full-size-random)")
+    p.add_argument("--device", default="cpu", help="where the diffusion / CLIP weights are drawn (cpu or cuda)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    names = model_names() if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in model_names()]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {', '.join(model_names())} or 'all'")
+    if not names:
+        for n in model_names():
+            print(f"{n:<24} {sum(parameter_counts(n).values()):>14,} parameters  {model_config(n)['title']}")
+        return 0
+    for n in names:
+        print(f"{n}: {ensure_full_size_model(n, args.root, seed=args.seed, device=args.device)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
