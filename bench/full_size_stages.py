@@ -244,7 +244,7 @@ def stage_finetune(ctx: Context) -> list[dict]:
     return [{"batch": k["batch"], "params": _params(G, D), "items": k["batch"], "seconds": step,
              "phase_seconds": {n: round(v, 4) for n, v in timing["phase_seconds"].items()},
              "kimg_per_hour": 3600 / (step / k["batch"] * 1000), "steps": k["steps"], "warmup": k["warmup"],
-             "neural_rendering_resolution": trainer.nrr_initial,
+             "neural_rendering_resolution": trainer.nrr_schedule.initial,
              "notes": ["seconds = amortised step: every phase timed, Greg every 4 steps, R1 every 16 (DATID-3D); "
                        "R1 gamma 5, density reg 0.25, ADA p 0.2; in-memory dataset"] + notes + (
                  [f"torch.compile: G synthesis {compile_status(trainer.G.backbone.synthesis)}, D "
