@@ -306,3 +306,35 @@ def test_configs_are_plain_copies():
     assert copy.deepcopy(model_config("sd15")) == model_config("sd15")
     with pytest.raises(ValueError, match="kind"):
         model_names("gan")
+
+
+def test_build_command_builds_each_named_model_once_and_prints_where(tmp_path, monkeypatch, capsys):
+    """`python -m adapt3d.testing.full_size NAME --root DIR --seed N`: what users run to get a full-size-random model
+    (a root or seed not passed through, or a rebuild on the second call, fails here)."""
+    import adapt3d.testing.full_size as fs
+    calls = []
+
+    def fake_build(config, folder, seed, device="cpu"):
+        calls.append((config["name"], seed, device))
+        (folder / fs.EG3D_SNAPSHOT).write_bytes(b"x")
+        return {"parameters": {}}
+
+    monkeypatch.setattr(fs, "build_random_model", fake_build)
+    for _ in range(2):
+        assert fs.main(["eg3d-shapenet128", "--root", str(tmp_path), "--seed", "3"]) == 0
+    assert calls == [("eg3d-shapenet128", 3, "cpu")]
+    where = tmp_path / "eg3d-shapenet128" / fs.EG3D_SNAPSHOT
+    assert capsys.readouterr().out.splitlines() == [f"eg3d-shapenet128: {where}"] * 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sd3"], "NAME: unknown model(s) ['sd3']; choose from clip-vit-b-16"),
+    (["sd15", "--device", "cuda"] if not torch.cuda.is_available() else ["sd15", "--device", "tpu"],
+     "CUDA is not available here" if not torch.cuda.is_available() else "--device: 'tpu' is not supported"),
+])
+def test_build_command_refuses_bad_input_in_one_line_before_building(tmp_path, monkeypatch, argv, message):
+    import adapt3d.testing.full_size as fs
+    monkeypatch.setattr(fs, "build_random_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(SystemExit) as e:
+        fs.main(argv + ["--root", str(tmp_path)])
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -297,7 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     names = model_names() if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in model_names()]
     if unknown:
-        p.error(f"unknown model(s) {unknown}; choose from {', '.join(model_names())} or 'all'")
+        raise SystemExit(f"NAME: unknown model(s) {unknown}; choose from {', '.join(model_names())} or 'all'")
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device: {args.device!r} is not supported; expected cpu or cuda")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if not names:
         for n in model_names():
             print(f"{n:<24} {sum(parameter_counts(n).values()):>14,} parameters  {model_config(n)['title']}")
