@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     med, amortised = timing["phase_seconds"], timing["sec_per_step"]
     result = {
         "preset": args.preset, "batch": args.batch, "batch_gpu": trainer.batch_gpu, "device": str(device),
-        "neural_rendering_resolution": trainer.nrr_initial, "img_resolution": G.img_resolution,
+        "neural_rendering_resolution": trainer.nrr_schedule.initial, "img_resolution": G.img_resolution,
         "steps": args.steps, "warmup": args.warmup,
         "phase_seconds": med,
         "reg_intervals": {"density": args.density_reg_interval, "r1": args.d_reg_interval},

@@ -46,13 +46,54 @@ class Call:
         return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
 
 
-class _CraftPickler(pickle._Pickler):  # the pure-Python pickler lets us add a dispatch entry
+class RawDict:
+    """Unpickles as a dict filled by SETITEMS with these (key, value) pairs; the keys are never hashed here."""
+
+    def __init__(self, *pairs: tuple) -> None:
+        self.pairs = pairs
+
+
+class RawSet:
+    """Unpickles as a set filled by ADDITEMS; the items are never hashed here."""
+
+    def __init__(self, *items: Any) -> None:
+        self.items = items
+
+
+class RawOps:
+    """Raw opcode bytes written as they are (around already-saved objects)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts  # bytes are written, anything else is saved as an object
+
+
+class _CraftPickler(pickle._Pickler):  # the pure-Python pickler lets us add dispatch entries
     dispatch = pickle._Pickler.dispatch.copy()
 
     def _save_global_ref(self, obj: GlobalRef) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("utf-8"))
 
+    def _save_raw_dict(self, obj: RawDict) -> None:
+        self.write(pickle.EMPTY_DICT + pickle.MARK)
+        for key, value in obj.pairs:
+            self.save(key)
+            self.save(value)
+        self.write(pickle.SETITEMS)
+
+    def _save_raw_set(self, obj: RawSet) -> None:
+        self.write(pickle.EMPTY_SET + pickle.MARK)
+        for item in obj.items:
+            self.save(item)
+        self.write(pickle.ADDITEMS)
+
+    def _save_raw_ops(self, obj: RawOps) -> None:
+        for part in obj.parts:
+            self.write(part) if isinstance(part, bytes) else self.save(part)
+
     dispatch[GlobalRef] = _save_global_ref
+    dispatch[RawDict] = _save_raw_dict
+    dispatch[RawSet] = _save_raw_set
+    dispatch[RawOps] = _save_raw_ops
 
 
 def dumps(obj: Any, protocol: int = 4) -> bytes:
@@ -100,7 +141,7 @@ def persist_tree(module: torch.nn.Module, by_ref: dict[type, str] | None = None)
 def tiny_module_state(**attrs: Any) -> dict:
     m = torch.nn.Module()
     m.register_buffer("w", torch.zeros(2))
-    return module_state(m, _init_args=(), _init_kwargs={}, **attrs)
+    return module_state(m, **{"_init_args": (), "_init_kwargs": {}, **attrs})
 
 
 class EasyDictRef(dict):
@@ -159,6 +200,87 @@ def _raw(*chunks: bytes) -> bytes:
 def _short_str(s: str) -> bytes:
     data = s.encode("utf-8")
     return pickle.SHORT_BINUNICODE + struct.pack("<B", len(data)) + data
+
+
+def shared_bomb(depth: int, kind: type = list) -> Any:
+    """``depth`` levels of containers that each hold the level below twice: a few bytes per level once pickled
+    (shared references), 2**depth leaves when walked as a tree (or hashed, or printed)."""
+    node: Any = kind()
+    for _ in range(depth):
+        node = kind([node, node])
+    return node
+
+
+def cycle_list() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+def cycle_dict() -> dict:
+    loop: dict = {}
+    loop["self"] = loop
+    return loop
+
+
+def nested(depth: int) -> list:
+    node: list = []
+    for _ in range(depth):
+        node = [node]
+    return node
+
+
+def _rebuild(storage: Any, size: tuple, stride: tuple, state: Any = None, offset: int = 0) -> Call:
+    return Call(GlobalRef("torch._utils", "_rebuild_tensor_v2"),
+                (storage, offset, size, stride, False, Call(GlobalRef("collections", "OrderedDict"))), state)
+
+
+def generator_with(*, buffers: dict | None = None, modules: dict | None = None, **attrs: Any) -> Call:
+    """A tiny persistent 'TriPlaneGenerator' whose buffers, child modules or attributes are replaced."""
+    state = tiny_module_state(**attrs)
+    if buffers is not None:
+        state["_buffers"] = OrderedDict(buffers)
+    if modules is not None:
+        state["_modules"] = OrderedDict(modules)
+    return persistent("TriPlaneGenerator", state)
+
+
+def _gen_snapshot(**kwargs: Any) -> bytes:
+    tsk = kwargs.pop("training_set_kwargs", None)
+    snap = snapshot(G_ema=generator_with(**kwargs))
+    if tsk is not None:
+        snap["training_set_kwargs"] = tsk
+    return dumps(snap)
+
+
+def module_bomb(depth: int) -> Call:
+    """``depth`` levels of by-reference modules whose two children are the same module below: 2**depth paths."""
+    leaf = by_reference("torch.nn.modules.activation.Softplus", dict(_parameters={}, _buffers={}, _modules={}))
+    for _ in range(depth):
+        leaf = by_reference("torch.nn.modules.container.Sequential",
+                            dict(_parameters={}, _buffers={}, _modules=OrderedDict(a=leaf, b=leaf)))
+    return leaf
+
+
+def module_cycle() -> Call:
+    node = by_reference("torch.nn.modules.container.Sequential", {})
+    node.state = dict(_parameters={}, _buffers={}, _modules=OrderedDict(me=node))  # BUILD after the node is memoised
+    return node
+
+
+def _legacy_storage_bytes_declaring(numel: int) -> bytes:
+    """``torch.save`` legacy bytes of a 2-element float storage whose header claims ``numel`` elements."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(torch.zeros(2).storage(), buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    assert data.count(b"K\x02N") == 1
+    return data.replace(b"K\x02N", b"J" + struct.pack("<i", numel) + b"N")
+
+
+def _declared_size(opcode: bytes, size: int, fmt: str = "<Q") -> bytes:
+    return _raw(opcode + struct.pack(fmt, size) + b"abc")
 
 
 PAYLOADS: dict[str, Callable[[Path], bytes]] = {
@@ -220,6 +342,56 @@ PAYLOADS: dict[str, Callable[[Path], bytes]] = {
         (dict(type="class", version=6, module_src="", class_name="X", state={}, exec=_py_touch(m)),))),
     "torch_utils.persistence.import_hook": lambda m: dumps(Call(
         GlobalRef("torch_utils.persistence", "import_hook"), (GlobalRef("builtins", "exec"),))),
+    # BUILD on an allowed tensor: Tensor.__setstate__ -> set_() would grow a 2-element storage to 64 (heap memory).
+    "BUILD on a tensor (set_ past its storage)": lambda m: _gen_snapshot(buffers=dict(
+        w=_rebuild(_typed_storage(2), (2,), (1,), state=(_typed_storage(2), 0, (64,), (1,))))),
+    "BUILD on a tensor (legacy Variable state)": lambda m: _gen_snapshot(buffers=dict(
+        w=_rebuild(_typed_storage(2), (2,), (1,), state=(_typed_storage(64), False, None, False, None)))),
+    "BUILD on a parameter": lambda m: _gen_snapshot(buffers=dict(w=Call(
+        GlobalRef("torch._utils", "_rebuild_parameter"), (_rebuild(_typed_storage(2), (2,), (1,)), False,
+                                                          Call(GlobalRef("collections", "OrderedDict"))),
+        (_typed_storage(2), 0, (64,), (1,))))),
+    "BUILD on an OrderedDict (slot state)": lambda m: _wrap(Call(GlobalRef("collections", "OrderedDict"), (),
+                                                                (None, {"__class__": _py_touch(m)}))),
+    "tensor with more elements than its storage (zero strides)": lambda m: _gen_snapshot(buffers=dict(
+        w=_rebuild(_typed_storage(1), (1 << 20, 1 << 20), (0, 0)))),
+    "NEWOBJ of a function": lambda m: _raw(
+        _short_str("torch._utils"), _short_str("_rebuild_tensor_v2"), pickle.STACK_GLOBAL, pickle.EMPTY_TUPLE,
+        pickle.NEWOBJ),
+    "SETITEM on a tensor": lambda m: _gen_snapshot(buffers=dict(w=RawOps(
+        _rebuild(_typed_storage(2), (2,), (1,)), 0, 1.0, pickle.SETITEM))),
+    # Pickle bombs: ~1 kB files that expand to 2**40 items when walked, hashed or printed.
+    "bomb depth 40 in training_set_kwargs": lambda m: _gen_snapshot(training_set_kwargs=dict(x=shared_bomb(40))),
+    "bomb depth 20 in training_set_kwargs": lambda m: _gen_snapshot(training_set_kwargs=dict(x=shared_bomb(20))),
+    "bomb depth 20 in _init_kwargs": lambda m: _gen_snapshot(_init_kwargs=dict(mapping_kwargs=shared_bomb(20))),
+    "bomb depth 40 in _init_kwargs": lambda m: _gen_snapshot(_init_kwargs=dict(mapping_kwargs=shared_bomb(40))),
+    "bomb depth 40 of tuples in an attribute": lambda m: _gen_snapshot(rendering_kwargs=shared_bomb(40, tuple)),
+    "bomb depth 40 of shared child modules": lambda m: _gen_snapshot(modules=dict(backbone=module_bomb(40))),
+    "bomb depth 16 of shared child modules": lambda m: _gen_snapshot(modules=dict(backbone=module_bomb(16))),
+    "hash bomb: nested tuple as a dict key": lambda m: _gen_snapshot(training_set_kwargs=RawDict(
+        (shared_bomb(40, tuple), 1))),
+    "hash bomb: nested tuple in a set": lambda m: _gen_snapshot(
+        _non_persistent_buffers_set=RawSet(shared_bomb(40, tuple))),
+    "hash bomb: nested tuple as an OrderedDict key": lambda m: _wrap(Call(GlobalRef("collections", "OrderedDict"), (
+        [(shared_bomb(40, tuple), 1)],))),
+    "print bomb in a refused tensor size": lambda m: _wrap(_rebuild(_typed_storage(2), shared_bomb(40, tuple), (1,))),
+    "print bomb in a numpy dtype state": lambda m: _wrap(Call(GlobalRef("numpy", "dtype"), ("f8", False, True),
+                                                              shared_bomb(40, tuple))),
+    "print bomb in a persistent id": lambda m: _raw(dumps(shared_bomb(40, tuple), protocol=2)[2:-1],
+                                                    pickle.BINPERSID),
+    "cycle: list inside itself in training_set_kwargs": lambda m: _gen_snapshot(
+        training_set_kwargs=dict(x=cycle_list())),
+    "cycle: dict inside itself in _init_kwargs": lambda m: _gen_snapshot(_init_kwargs=cycle_dict()),
+    "cycle: module inside itself": lambda m: _gen_snapshot(modules=dict(backbone=module_cycle())),
+    "nesting 200 levels deep in training_set_kwargs": lambda m: _gen_snapshot(training_set_kwargs=dict(x=nested(200))),
+    # Sizes the file cannot back: refused before anything is allocated.
+    "BINBYTES8 declaring 2**60 bytes": lambda m: _declared_size(pickle.BINBYTES8, 1 << 60),
+    "BINUNICODE8 declaring 8 GiB": lambda m: _declared_size(pickle.BINUNICODE8, 1 << 33),
+    "FRAME declaring 2**40 bytes": lambda m: _declared_size(pickle.FRAME, 1 << 40),
+    "BYTEARRAY8 of 8 GiB": lambda m: _declared_size(pickle.BYTEARRAY8, 1 << 33),
+    "tensor storage declaring 2**31 elements": lambda m: _gen_snapshot(buffers=dict(w=_rebuild(
+        Call(GlobalRef("torch.storage", "_load_from_bytes"), (_legacy_storage_bytes_declaring(2 ** 31 - 1),)),
+        (2,), (1,)))),
 }
 
 # Payloads whose effect is a marker file, for a positive control under an unrestricted unpickler.

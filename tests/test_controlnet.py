@@ -101,7 +101,7 @@ def test_argument_errors(generator, kwargs, needle):
 
 def test_check_args_and_missing_weights_offline(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--variant"):
-        check_controlnet_args(variant="sd3")
+        check_controlnet_args(variant="sd4")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedNotFoundError, match="--controlnet.*no-such-org/no-such-controlnet.*offline"):
         ControlNetGenerator.from_pretrained("tiny", "no-such-org/no-such-controlnet")

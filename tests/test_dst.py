@@ -218,8 +218,9 @@ def test_mesh_list_csv_json_and_folder(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([{"class": "car", "id": "a", "path": "a.obj", "tags": ["x"],
                                                      "keypoints": {"k": [1, 2, 3]}}]))
     assert read_mesh_list(tmp_path / "list.json")[0].keypoints == {"k": (1.0, 2.0, 3.0)}
-    folder_models = find_models(tmp_path)  # no mesh_list.*: <class>/<mesh> files
-    assert [(m.class_name, m.model_id) for m in folder_models] == [("chair", "c1")]
+    folder_models = find_models(tmp_path)  # no mesh_list.*: <class>/<mesh> files, then loose <mesh> files
+    assert [(m.class_name, m.model_id) for m in folder_models] == [("chair", "c1"), ("a", "a")]
+    assert [m.class_name for m in find_models(tmp_path, default_class="car")] == ["chair", "car"]
     with pytest.raises(ValueError, match="--classes: unknown class.*bus.*car, chair"):
         select_classes(models, ["bus"])
     assert [m.model_id for m in select_classes(models, ["chair"])] == ["c1"]
@@ -227,7 +228,6 @@ def test_mesh_list_csv_json_and_folder(tmp_path):
 
 @pytest.mark.parametrize("row, needle", [
     ("car,a,a.obj,x,0,,,,,", "'azimuth' must be a number"),
-    ("car,a,nope.obj,0,0,,,,,", "nope.obj does not exist"),
     ("car,a,a.obj,0,0,,9,,,", "'sampling' must be a 3D-DST strategy"),
     (",a,a.obj,0,0,,,,,", "needs 'class'"),
     ("car,a,a.obj,0,0,-1,,,,", "'distance' must be > 0"),
@@ -239,6 +239,15 @@ def test_mesh_list_errors_name_file_and_row(tmp_path, row, needle):
     with pytest.raises((ValueError, FileNotFoundError), match=needle) as err:
         read_mesh_list(tmp_path / "l.csv")
     assert "l.csv row 1" in str(err.value)
+
+
+def test_missing_mesh_file_is_a_problem_of_that_row_only(tmp_path):
+    trimesh.creation.box().export(tmp_path / "a.obj")
+    (tmp_path / "l.csv").write_text("class,id,path\ncar,a,a.obj\ncar,b,nope.obj\nbus,c,\n")
+    a, b, c = read_mesh_list(tmp_path / "l.csv")
+    assert a.problem is None and a.path == tmp_path / "a.obj"
+    assert b.path is None and "nope.obj does not exist" in b.problem
+    assert c.path is None and "no mesh file for class 'bus' id 'c'" in c.problem
 
 
 # --------------------------------------------------------------------------------------------------- prompts

@@ -51,9 +51,10 @@ def test_demo_writes_a_complete_annotated_dataset(demo):
         assert _read(out / a["files"]["render"]).shape == (64, 64, 3)
         assert _read(out / a["files"]["normal"]).shape == (64, 64, 3)
         assert a["bbox"] == bbox_from_mask(mask) and a["area"] == mask.sum()
-        for key in ("azimuth", "elevation", "theta", "distance", "K", "R", "t", "principal", "pascal3d",
-                    "eg3d_label", "seed", "keypoints", "mesh_id", "tags"):
+        for key in ("azimuth", "elevation", "inplane_rotation", "distance", "K", "R", "t", "principal", "pascal3d",
+                    "eg3d_label", "seed", "keypoints", "mesh_id", "tags", "class_name", "scene"):
             assert key in a, key
+        assert "theta" not in a  # ambiguous (azimuth in 3D-DST's .npy, in-plane rotation in PASCAL3D+)
         assert a["principal"] == [32.0, 32.0] and np.isclose(a["focal_px"], 70.0)  # 35/32 * 64
 
 
@@ -93,10 +94,12 @@ def test_rerun_resumes_without_recomputing(demo):
     out, _ = demo
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     again = synth(SynthConfig(out=out, **FAST))
-    assert again.views == 0 and again.images == 0 and again.skipped == 12
+    assert again.views == 0 and again.images == 0 and again.skipped == 6  # images already there
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
-    with pytest.raises(ValueError, match="--out.*resolution/control/seed"):
+    with pytest.raises(ValueError, match="--out.*other options.*seed: 0 now 1"):
         synth(SynthConfig(out=out, **{**FAST, "seed": 1}))
+    with pytest.raises(ValueError, match="--out.*other options.*background: 'white' now 'solid'"):
+        synth(SynthConfig(out=out, **{**FAST, "background": "solid"}))
 
 
 def test_shards_split_the_work_and_match_a_single_run(tmp_path):
@@ -108,6 +111,10 @@ def test_shards_split_the_work_and_match_a_single_run(tmp_path):
     two = {p.relative_to(tmp_path / "two") for p in annotation_files(tmp_path / "two")}
     assert one == two and len(one) == 6
     assert (tmp_path / "two" / "synth-shard1of2.json").is_file()
+    for rel in {p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
+                if p.is_file() and p.name != "synth.json"}:
+        two = (tmp_path / "two" / rel).read_bytes().replace(str(tmp_path / "two").encode(), str(tmp_path / "one").encode())
+        assert (tmp_path / "one" / rel).read_bytes() == two, rel  # mesh_path names each run's demo meshes
     for rel in one:  # the same poses, whichever process drew them
         a, b = (json.loads((tmp_path / d / rel).read_text()) for d in ("one", "two"))
         assert a["R"] == b["R"] and a["distance"] == b["distance"] and a["prompt"] == b["prompt"]
@@ -173,9 +180,14 @@ def test_errors_before_any_work(tmp_path, monkeypatch, kwargs, error, needle):
     assert not annotation_files(out) and not list(out.glob("*/*/render/*.png"))
 
 
-def test_bad_mesh_in_list_names_the_file(tmp_path):
+def test_a_bad_mesh_is_skipped_with_its_reason_and_the_run_completes(tmp_path, capsys):
     (tmp_path / "car").mkdir()
     (tmp_path / "car" / "broken.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")
-    with pytest.raises(ValueError, match="broken.obj.*degenerate"):
-        synth(SynthConfig(out=tmp_path / "run", meshes=str(tmp_path), render_only=True, per_mesh=1, resolution=32,
-                          progress=False))
+    import trimesh
+    trimesh.creation.box().export(tmp_path / "car" / "good.obj")
+    result = synth(SynthConfig(out=tmp_path / "run", meshes=str(tmp_path), render_only=True, per_mesh=1,
+                               resolution=32, progress=False))
+    assert result.images == 1 and result.meshes_done == 1
+    assert [(s["id"], "degenerate" in s["reason"]) for s in result.meshes_skipped] == [("broken", True)]
+    err = capsys.readouterr().err
+    assert "skipped mesh car/broken" in err and "broken.obj is degenerate" in err and "1 skipped" in err

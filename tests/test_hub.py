@@ -188,3 +188,54 @@ def test_http_error_is_reported(env: Path, server) -> None:
     with pytest.raises(CheckpointDownloadError, match="404"):
         resolve_checkpoint("test-net", progress=False)
     assert _cache_files(env) == set()
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as f:  # in place: same size, same inode
+        f.write(data)
+
+
+def test_a_tampered_cached_file_of_the_same_size_is_refused(env: Path, server, payload, monkeypatch) -> None:
+    base, _ = server
+    register_checkpoint("test-net", f"{base}/net.pkl", None, "net.pkl")
+    path = resolve_checkpoint("test-net", progress=False)
+    size = path.stat().st_size
+    _flip_one_byte(path)
+    assert path.stat().st_size == size
+    with pytest.raises(ChecksumMismatchError) as exc:
+        resolve_checkpoint("test-net", progress=False)
+    msg = str(exc.value)
+    assert f"rm {path}" in msg and "download it again" in msg and payload[1][:16] in msg
+
+
+def test_verification_is_cached_by_size_mtime_and_inode(env: Path, server, payload, monkeypatch) -> None:
+    base, _ = server
+    register_checkpoint("test-net", f"{base}/net.pkl", None, "net.pkl")
+    path = resolve_checkpoint("test-net", progress=False)
+    calls = []
+    real = hub.sha256_file
+    monkeypatch.setattr(hub, "sha256_file", lambda p: calls.append(p) or real(p))
+    for _ in range(3):  # unchanged since the download: a stat, no hashing
+        assert resolve_checkpoint("test-net", progress=False) == path
+    assert calls == []
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # touched: hashed once again
+    resolve_checkpoint("test-net", progress=False)
+    resolve_checkpoint("test-net", progress=False)
+    assert len(calls) == 1
+    resolve_checkpoint("test-net", progress=False, verify=True)  # verify=True always hashes
+    assert len(calls) == 2
+
+
+def test_a_file_placed_by_hand_is_recorded_on_first_use_then_verified(env: Path, payload) -> None:
+    register_checkpoint("test-offline", "https://example.invalid/models/net.pkl", None, "net.pkl")
+    path = env / "checkpoints" / "net.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((payload[0] / "net.pkl").read_bytes())
+    assert resolve_checkpoint("test-offline", offline=True) == path.absolute()
+    record = json.loads((path.parent / "net.pkl.json").read_text())
+    assert record["sha256"] == payload[1] and "first use" in record["sha256_source"]
+    _flip_one_byte(path)
+    with pytest.raises(ChecksumMismatchError, match="changed on disk"):
+        resolve_checkpoint("test-offline", offline=True)

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from adapt3d.metrics.lpips import (
+    ALEXNET_TAPS,
     LPIPS,
     LPIPS_SCALE,
     LPIPS_SHIFT,
     VGG16_TAPS,
+    AlexNetFeatures,
     LPIPSWeightsNotFoundError,
     VGGFeatures,
     load_lpips,
@@ -31,6 +33,10 @@ from adapt3d.models.hub import ChecksumMismatchError
 CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
          17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}
 WIDTHS = (64, 128, 256, 512, 512)
+# torchvision AlexNet "features" conv indices: (in, out, kernel, stride, padding); LPIPS-alex head widths.
+ALEX_CONVS = {0: (3, 64, 11, 4, 2), 3: (64, 192, 5, 1, 2), 6: (192, 384, 3, 1, 1), 8: (384, 256, 3, 1, 1),
+              10: (256, 256, 3, 1, 1)}
+ALEX_WIDTHS = (64, 192, 384, 256, 256)
 
 
 def _write_official_files(folder: Path) -> tuple[Path, Path, dict, dict]:
@@ -56,6 +62,53 @@ def _write_official_files(folder: Path) -> tuple[Path, Path, dict, dict]:
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     return _write_official_files(tmp_path_factory.mktemp("lpips_weights"))
+
+
+def _write_official_alex_files(folder: Path) -> tuple[Path, Path, dict, dict]:
+    """Random weights in torchvision's AlexNet layout (features + classifier, named alexnet-owt-<sha prefix>.pth)
+    and LPIPS' alex.pth layout; the heads file in the legacy (pre-zip) torch format, as the published one."""
+    g = torch.Generator().manual_seed(2)
+    alex = {}
+    for idx, (cin, cout, k, _, _) in ALEX_CONVS.items():
+        alex[f"features.{idx}.weight"] = torch.randn(cout, cin, k, k, generator=g) * math.sqrt(2 / (k * k * cin))
+        alex[f"features.{idx}.bias"] = torch.randn(cout, generator=g) * 0.01
+    alex["classifier.1.weight"] = torch.zeros(8, 9216)  # torchvision's file also holds the classifier: ignored
+    tmp = folder / "alexnet-tmp.pth"
+    torch.save(alex, tmp)
+    alex_path = folder / f"alexnet-owt-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+    tmp.rename(alex_path)
+    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(ALEX_WIDTHS)}
+    heads_path = folder / "alex.pth"
+    torch.save(heads, heads_path, _use_new_zipfile_serialization=False)
+    return alex_path, heads_path, alex, heads
+
+
+@pytest.fixture(scope="module")
+def official_alex(tmp_path_factory):
+    return _write_official_alex_files(tmp_path_factory.mktemp("lpips_alex_weights"))
+
+
+def _reference_lpips_alex(x: torch.Tensor, y: torch.Tensor, alex: dict, heads: dict) -> torch.Tensor:
+    """An independent LPIPS-alex: functional convs from the state dict, taps after the ReLUs of conv1 ... conv5
+    (max-pool 3/2 after relu1 and relu2), written from the lpips package's definition."""
+    shift = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+
+    def feats(img):
+        h = (img - shift) / scale
+        out = []
+        for idx, (_, _, _, stride, pad) in ALEX_CONVS.items():
+            if idx in (3, 6):
+                h = F.max_pool2d(h, 3, 2)
+            h = F.relu(F.conv2d(h, alex[f"features.{idx}.weight"], alex[f"features.{idx}.bias"], stride=stride,
+                                padding=pad))
+            out.append(h)
+        return [f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in out]
+
+    total = 0
+    for k, (a, b) in enumerate(zip(feats(x), feats(y))):
+        total = total + F.conv2d((a - b) ** 2, heads[f"lin{k}.model.1.weight"]).mean(dim=(1, 2, 3))
+    return total
 
 
 def _reference_lpips(x: torch.Tensor, y: torch.Tensor, vgg: dict, heads: dict) -> torch.Tensor:
@@ -102,6 +155,60 @@ def test_official_files_load_and_match_reference(official):
     assert torch.equal(model(x, x), torch.zeros(2))  # identical images: exactly 0
     assert torch.equal(d, model(y, x))  # symmetric
     assert (d > 0).all()
+
+
+def test_alexnet_layout_matches_torchvision_indices():
+    net = AlexNetFeatures()
+    convs = {i: (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+             for i, m in enumerate(net.features) if isinstance(m, torch.nn.Conv2d)}
+    assert convs == ALEX_CONVS
+    assert net.taps == ALEXNET_TAPS and net.channels == ALEX_WIDTHS and len(net.features) == 12
+    assert all(isinstance(net.features[t], torch.nn.ReLU) for t in ALEXNET_TAPS)
+    assert [type(net.features[i]).__name__ for i in (2, 5)] == ["MaxPool2d", "MaxPool2d"]
+    classifier = (9216 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+    assert sum(p.numel() for p in net.parameters()) == 61_100_840 - classifier  # torchvision's published count
+
+
+def test_official_alex_files_load_and_match_reference(official_alex):
+    alex_path, heads_path, alex, heads = official_alex
+    model = load_lpips(alex_path, heads_path, net="alex")
+    assert model.net == "alex" and model.source["alexnet"] == str(alex_path) and model.source["net"] == "alex"
+    assert model.source["heads_sha256"] == hashlib.sha256(heads_path.read_bytes()).hexdigest()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 48, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(2, 3, 64, 48, generator=g)).clamp(-1, 1)
+    d = model(x, y)
+    torch.testing.assert_close(d, _reference_lpips_alex(x, y, alex, heads), rtol=1e-4, atol=1e-6)
+    assert torch.equal(model(x, x), torch.zeros(2)) and (d > 0).all()
+    with pytest.raises(ValueError, match="at least 31 px"):
+        model(x[..., :30, :30], y[..., :30, :30])
+    # VGG heads with an AlexNet backbone (or the reverse) are refused, naming the option.
+    with pytest.raises(ValueError, match="--lpips-net"):
+        load_lpips(alex_path, _write_official_files(heads_path.parent)[1], net="alex")
+    with pytest.raises(ValueError, match="--lpips-net"):
+        load_lpips(alex_path, heads_path, net="squeeze")
+
+
+def test_missing_alex_weights_name_both_alex_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPT3D_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(LPIPSWeightsNotFoundError) as e:
+        load_lpips(net="alex")
+    msg = str(e.value)
+    assert "alexnet-owt-7be5be79.pth" in msg and "v0.1/alex.pth" in msg and "--lpips-alex-weights" in msg
+    assert "vgg16" not in msg
+
+
+def test_published_heads_checksum_is_enforced(official_alex, tmp_path, monkeypatch):
+    """The known heads file in the cache must be the published one (its sha256 is registered)."""
+    alex_path, heads_path, _, _ = official_alex
+    monkeypatch.setenv("ADAPT3D_CACHE", str(tmp_path))
+    cached = tmp_path / "checkpoints" / "lpips_v0.1_alex.pth"
+    cached.parent.mkdir()
+    cached.write_bytes(heads_path.read_bytes())
+    with pytest.raises(ChecksumMismatchError, match="df73285e"):
+        load_lpips(alex_path, net="alex")
+    with pytest.raises(ChecksumMismatchError, match="expected 1111"):
+        load_lpips(alex_path, heads_path, net="alex", heads_sha256="1" * 64)
 
 
 def test_hand_computed_one_layer_lpips():

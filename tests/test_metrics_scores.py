@@ -150,11 +150,14 @@ def test_fid_kid_with_clip_features(scorer):
     assert self_.num_real == self_.num_fake == 12
 
 
-def test_inception_needs_torch_fidelity():
-    if fid.inception_available():
-        pytest.skip("torch-fidelity is installed here")
-    with pytest.raises(ImportError, match="torch-fidelity"):
+def test_inception_needs_its_weight_file(tmp_path, monkeypatch):
+    from adapt3d.metrics.inception import InceptionWeightsNotFoundError
+
+    monkeypatch.setenv("ADAPT3D_CACHE", str(tmp_path))
+    with pytest.raises(InceptionWeightsNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
         fid.compute_fid_kid("inception", _images(2, 0), _images(2, 1))
+    with pytest.raises(ValueError, match="'inception'"):
+        fid.compute_fid_kid("inceptionv3", _images(2, 0), _images(2, 1))
 
 
 def test_reference_images_from_folder_and_zip(tmp_path):

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,41 @@ EXPECTED: dict[str, tuple[type[Exception], str]] = {
     "persistence record version 5": (EG3DCheckpointError, "version=5"),
     "persistence record with extra meta": (EG3DCheckpointError, "malformed metadata"),
     "torch_utils.persistence.import_hook": (UnsafePickleError, "torch_utils.persistence.import_hook"),
+    "BUILD on a tensor (set_ past its storage)": (UnsafePickleError, "BUILD (__setstate__) on a Tensor"),
+    "BUILD on a tensor (legacy Variable state)": (UnsafePickleError, "BUILD (__setstate__) on a Tensor"),
+    "BUILD on a parameter": (UnsafePickleError, "BUILD (__setstate__) on a Parameter"),
+    "BUILD on an OrderedDict (slot state)": (UnsafePickleError, "BUILD (__setstate__) on a OrderedDict"),
+    "tensor with more elements than its storage (zero strides)": (UnsafePickleError, "exceeds its storage"),
+    "NEWOBJ of a function": (UnsafePickleError, "NEWOBJ"),
+    "SETITEM on a tensor": (UnsafePickleError, "dict keys to a Tensor"),
+    "bomb depth 40 in training_set_kwargs": (EG3DCheckpointError, "training_set_kwargs is nested more than 32"),
+    "bomb depth 20 in training_set_kwargs": (EG3DCheckpointError, "training_set_kwargs expands to more than"),
+    "bomb depth 20 in _init_kwargs": (EG3DCheckpointError, "_init_kwargs expands to more than"),
+    "bomb depth 40 in _init_kwargs": (EG3DCheckpointError, "_init_kwargs is nested more than 32"),
+    "bomb depth 40 of tuples in an attribute": (EG3DCheckpointError, "attributes is nested more than 32"),
+    "bomb depth 40 of shared child modules": (EG3DCheckpointError, "nested more than 32 levels"),
+    "bomb depth 16 of shared child modules": (EG3DCheckpointError, "more than 20,000 modules"),
+    "hash bomb: nested tuple as a dict key": (UnsafePickleError, "dict key of type tuple"),
+    "hash bomb: nested tuple in a set": (UnsafePickleError, "set item of type tuple"),
+    "hash bomb: nested tuple as an OrderedDict key": (UnsafePickleError, "collections.OrderedDict"),
+    "print bomb in a refused tensor size": (UnsafePickleError, "size/stride must be tuples"),
+    "print bomb in a numpy dtype state": (UnsafePickleError, "not that of a plain numeric dtype"),
+    "print bomb in a persistent id": (UnsafePickleError, "persistent id"),
+    "cycle: list inside itself in training_set_kwargs": (EG3DCheckpointError, "training_set_kwargs contains a "
+                                                                              "reference cycle"),
+    "cycle: dict inside itself in _init_kwargs": (EG3DCheckpointError, "_init_kwargs contains a reference cycle"),
+    "cycle: module inside itself": (EG3DCheckpointError, "'backbone.me' contains itself"),
+    "nesting 200 levels deep in training_set_kwargs": (EG3DCheckpointError, "nested more than 32 levels"),
+    "BINBYTES8 declaring 2**60 bytes": (EG3DCheckpointError, "declares 1,152,921,504,606,846,976 bytes"),
+    "BINUNICODE8 declaring 8 GiB": (EG3DCheckpointError, "declares 8,589,934,592 bytes"),
+    "FRAME declaring 2**40 bytes": (EG3DCheckpointError, "declares 1,099,511,627,776 bytes"),
+    "BYTEARRAY8 of 8 GiB": (UnsafePickleError, "BYTEARRAY8"),
+    "tensor storage declaring 2**31 elements": (EG3DCheckpointError, "corrupt tensor storage"),
 }
+
+# Every load must end quickly (no pickle bomb may run for long); the marker also bounds each test's wall time,
+# with the thread method so that even a loop inside C code (hashing a nested tuple) cannot hang the run.
+LOAD_SECONDS = 10.0
 
 
 def _forbidden_modules() -> list[str]:
@@ -97,17 +132,39 @@ def test_every_payload_has_an_expectation() -> None:
     assert len(mp.PAYLOADS) >= 12
 
 
+@pytest.mark.timeout(60, method="thread")
 @pytest.mark.parametrize("name", sorted(mp.PAYLOADS))
 def test_malicious_pickle_is_refused(name: str, sandbox: Path) -> None:
     marker = sandbox / "MARKER"
     path = sandbox / "evil.pkl"
     path.write_bytes(mp.PAYLOADS[name](marker))
+    assert path.stat().st_size < 5000  # every attack is a small file
     error, text = EXPECTED[name]
+    start = time.perf_counter()
     with pytest.raises(error) as exc:
         load_eg3d_pickle(path)
+    assert time.perf_counter() - start < LOAD_SECONDS, "loading took too long: a pickle bomb went off"
     assert text in str(exc.value)
     assert str(path) in str(exc.value)
+    assert len(str(exc.value)) < 600  # a one-line message, never a printed bomb
     _assert_nothing_ran(sandbox, {"evil.pkl"})
+
+
+def test_build_on_a_tensor_would_really_read_past_the_storage(tmp_path: Path) -> None:
+    """Control for the BUILD payload: under a plain unpickler (with our allow-list) the 2-element buffer comes out
+    with 64 elements, i.e. memory that the file never held. The restricted loader refuses it (above)."""
+    import pickle as _pickle
+
+    from adapt3d.models import eg3d_pickle
+
+    class Plain(_pickle.Unpickler):
+        find_class = eg3d_pickle._RestrictedUnpickler.find_class
+
+    path = tmp_path / "build.pkl"
+    path.write_bytes(mp.PAYLOADS["BUILD on a tensor (set_ past its storage)"](tmp_path / "MARKER"))
+    with open(path, "rb") as f:
+        raw = Plain(f).load()
+    assert raw["G_ema"].state["_buffers"]["w"].numel() == 64
 
 
 def test_embedded_module_source_is_never_executed(sandbox: Path) -> None:
@@ -133,6 +190,7 @@ def test_allow_list_is_exactly_what_eg3d_needs() -> None:
         "training.volumetric_rendering.renderer.ImportanceRenderer",
         "training.volumetric_rendering.ray_marcher.MipRayMarcher2",
         "training.volumetric_rendering.ray_sampler.RaySampler", "torch.nn.modules.activation.Softplus",
+        "training.superresolution.SuperresolutionHybrid8XDC_afhq",
         "torch.nn.modules.container.Sequential"}
 
 

@@ -14,6 +14,7 @@ from .conventions import (
     opencv_to_opengl,
     opengl_to_opencv,
     project_points,
+    warp_label,
     world_to_camera,
 )
 from .lookat import (
@@ -60,6 +61,7 @@ __all__ = [
     "opencv_to_opengl",
     "opengl_to_opencv",
     "project_points",
+    "warp_label",
     "world_to_camera",
     "EG3D_PI",
     "EG3D_SQRT2",

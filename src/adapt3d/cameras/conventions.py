@@ -50,6 +50,7 @@ __all__ = [
     "intrinsics_from_pixels",
     "project_points",
     "mirror_label",
+    "warp_label",
 ]
 
 LABEL_DIM = 25
@@ -214,3 +215,44 @@ def mirror_label(label: Tensor) -> Tensor:
     out = batched * signs
     out[:, 18] = 1.0 - batched[:, 18]  # cx
     return out[0] if unbatched else out
+
+
+def warp_label(label: Tensor, matrix: Tensor) -> Tensor:
+    """The camera that sees an image resampled by an affine map of the image plane, as an EG3D label (B, 25).
+
+    ``matrix`` (B, 2, 3) = ``[A | t]`` maps a pixel of the *new* image to where it reads the *old* one, in centred
+    normalised coordinates (``u - 0.5, v - 0.5``): ``new(p) = old(A @ p + t)``, with ``det(A) > 0`` (a mirror image
+    is :func:`mirror_label`). The new camera has the same centre; with ``K_c`` the intrinsics in centred
+    coordinates, its intrinsics and roll about the optical axis come from ``M^-1 @ K_c = K' @ [[Q, 0], [0, 1]]``
+    (RQ decomposition: ``K'`` upper triangular with positive diagonal, skew allowed; ``Q`` a 2D rotation), and
+    ``R' = R @ blockdiag(Q^T, 1)``. So every pixel of the new image gets exactly the ray that the old camera had at
+    the point it reads: image rotations become a camera roll, scalings the focal lengths, translations the
+    principal point, anisotropic scalings fx/fy and skew.
+    """
+    tensor = _as_float_tensor("label", label)
+    batched = _check_batched("label", tensor, (LABEL_DIM,))
+    m = _check_batched("matrix", _as_float_tensor("matrix", matrix).to(batched), (2, 3))
+    batched, m = _broadcast_batch(("label", "matrix"), (batched, m))
+    A, t = m[:, :, :2], m[:, :, 2]
+    if not bool((torch.linalg.det(A) > 0).all()):
+        raise ValueError("warp_label: the 2x2 part of every matrix needs a positive determinant (a mirror image "
+                         "is mirror_label)")
+    cam2world, K = matrices_from_label(batched)
+    K2 = K[:, :2, :2]  # (B, 2, 2) [[fx, s], [0, fy]]
+    c = K[:, :2, 2] - 0.5  # (B, 2) principal point, centred
+    A_inv = torch.linalg.inv(A)
+    B = A_inv @ K2  # linear part of M^-1 K_c
+    b = (A_inv @ (c - t)[:, :, None])[:, :, 0]  # its translation: the new (centred) principal point
+    n = torch.linalg.vector_norm(B[:, 1], dim=-1)  # RQ of B: last row = u22 * q2
+    q2 = B[:, 1] / n[:, None]
+    q1 = torch.stack([q2[:, 1], -q2[:, 0]], -1)
+    Q = torch.stack([q1, q2], 1)  # (B, 2, 2) rotation, det +1
+    K_new = torch.zeros_like(K)
+    K_new[:, 0, 0] = (B[:, 0] * q1).sum(-1)
+    K_new[:, 0, 1] = (B[:, 0] * q2).sum(-1)
+    K_new[:, 1, 1] = n
+    K_new[:, :2, 2] = b + 0.5
+    K_new[:, 2, 2] = 1.0
+    roll = torch.eye(4, dtype=K.dtype, device=K.device).repeat(len(K), 1, 1)
+    roll[:, :2, :2] = Q.transpose(1, 2)
+    return label_from_matrices(cam2world @ roll, K_new)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import tyro
 
+from adapt3d.cli.errors import split_debug_flag, user_error_message
 from adapt3d.pipelines.adapt import AdaptConfig
 from adapt3d.pipelines.adapt import run as adapt
 from adapt3d.pipelines.convert import ConvertConfig, convert
@@ -15,6 +16,8 @@ from adapt3d.pipelines.distill import DistillConfig
 from adapt3d.pipelines.distill import run as distill
 from adapt3d.pipelines.evaluate import EvalConfig
 from adapt3d.pipelines.evaluate import run as evaluate
+from adapt3d.pipelines.export import ExportConfig
+from adapt3d.pipelines.export import run as export_state_dict
 from adapt3d.pipelines.export_coco import ExportCocoConfig, export_coco
 from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
@@ -33,10 +36,13 @@ from adapt3d.pipelines.render import RenderConfig, render
 from adapt3d.pipelines.studio import StudioConfig
 from adapt3d.pipelines.studio import run as studio
 from adapt3d.pipelines.synth import SynthConfig, synth
+from adapt3d.utils.io import new_folder_removed_if_empty
 
 COMMANDS = {
     "render": (RenderConfig, render, "Render a generator: image grid, per-seed images, depth, orbit video, meshes."),
     "convert": (ConvertConfig, convert, "Convert an official EG3D .pkl into an adapt3d checkpoint folder."),
+    "export": (ExportConfig, export_state_dict, "Write a generator as a plain state dict for EG3D/DATID-3D scripts "
+               "(gen_samples.py --model_is_state_dict True)."),
     "make-dataset": (MakeDatasetConfig, make_dataset,
                      "Render, translate with SD img2img, filter: a camera-labelled EG3D dataset (DATID-3D stage 1)."),
     "finetune": (FinetuneConfig, finetune,
@@ -60,21 +66,22 @@ COMMANDS = {
     "eval": (EvalConfig, evaluate, "Evaluate an adapted generator vs its source and a prompt: metrics + report."),
 }
 
-# Errors a user can fix: printed as one line naming the argument, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
     cfg = tyro.extras.subcommand_cli_from_dict(
         {k: v[0] for k, v in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
     run = next(fn for cls, fn, _ in COMMANDS.values() if isinstance(cfg, cls))
     try:
-        result = run(cfg)
-    except USER_ERRORS as e:
-        print(f"adapt3d {name or ''}: error: {e}", file=sys.stderr)
+        out = getattr(cfg, "out", None)
+        with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):
+            result = run(cfg)
+    except Exception as e:  # errors a user can fix: one line (cli/errors.py); anything else: the traceback
+        message = None if debug else user_error_message(e)
+        if message is None:
+            raise
+        print(f"adapt3d {name or ''}: error: {message}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0

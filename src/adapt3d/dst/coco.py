@@ -6,7 +6,7 @@ to the dataset folder, ``width``, ``height``), ``annotations`` (``bbox`` [x, y, 
 occluded, 0 outside the image or not on this mesh, ``num_keypoints`` = count of v > 0) and ``categories`` (``id``,
 ``name``, ``keypoints`` = the union of the class's keypoint names, ``skeleton`` []). Pixel coordinates follow
 :mod:`adapt3d.dst.annotations` (pixel centres at j + 0.5). Extra per annotation: ``pose`` (3D-DST angles, the
-PASCAL3D+ angles, K, R, t, cam2world), ``mesh_id``, ``prompt``, ``seed`` and ``kcf`` when present.
+PASCAL3D+ angles, K, R, t, cam2world), ``class_name``, ``mesh_id``, ``prompt``, ``seed`` and ``kcf`` when present.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def to_coco(records: list[dict], root: str | Path, only_kept: bool = True, segme
         for kp in r.get("keypoints", []):
             if kp["name"] not in kp_names[r["class"]]:
                 kp_names[r["class"]].append(kp["name"])
-    categories = [{"id": i + 1, "name": c, "supercategory": "object", "keypoints": kp_names[c], "skeleton": []}
-                  for i, c in enumerate(class_names)]
+    display = {r["class"]: r.get("class_name") or r["class"] for r in records}
+    categories = [{"id": i + 1, "name": c, "display_name": display[c], "supercategory": "object",
+                   "keypoints": kp_names[c], "skeleton": []} for i, c in enumerate(class_names)]
     cat_id = {c["name"]: c["id"] for c in categories}
     images, annotations = [], []
     for i, r in enumerate(records):
@@ -65,11 +66,12 @@ def to_coco(records: list[dict], root: str | Path, only_kept: bool = True, segme
             v = 2 if kp["visible"] else 1
             flat += [round(kp["uv"][0], 3), round(kp["uv"][1], 3), v]
             count += 1
-        ann = {"id": i + 1, "image_id": i + 1, "category_id": cat_id[r["class"]],
+        ann = {"id": i + 1, "image_id": i + 1, "category_id": cat_id[r["class"]], "class_name": r.get("class_name"),
                "bbox": r["bbox"] or [0.0, 0.0, 0.0, 0.0], "area": r["area"], "iscrowd": 0,
                "keypoints": flat, "num_keypoints": count, "mesh_id": r["mesh_id"],
-               "pose": {k: r[k] for k in ("azimuth", "elevation", "theta", "distance", "polar", "pascal3d", "K",
-                                          "R", "t", "cam2world")},
+               "pose": {**{k: r[k] for k in ("azimuth", "elevation", "distance", "polar", "pascal3d", "K", "R", "t",
+                                             "cam2world") if k in r},
+                        "inplane_rotation": r.get("inplane_rotation", r.get("theta", 0.0))},
                "prompt": r.get("prompt"), "seed": r.get("seed")}
         if "kcf" in r:
             ann["kcf"] = r["kcf"]
@@ -79,5 +81,6 @@ def to_coco(records: list[dict], root: str | Path, only_kept: bool = True, segme
         annotations.append(ann)
     return {"info": {"description": "3D-DST synthetic images with exact 3D annotations (adapt3d export-coco)",
                      "pixel_convention": "(0, 0) = top-left corner of the top-left pixel; pixel centres at j + 0.5",
-                     "angles": "radians; pose.azimuth/elevation/theta: 3D-DST convention, pose.pascal3d: PASCAL3D+"},
+                     "angles": "radians; pose.azimuth/elevation/polar/inplane_rotation: 3D-DST convention (azimuth from +x "
+                               "towards +y), pose.pascal3d: PASCAL3D+ (its theta is the in-plane rotation)"},
             "licenses": [], "images": images, "annotations": annotations, "categories": categories}

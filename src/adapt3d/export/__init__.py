@@ -1,4 +1,5 @@
-"""Export layer: images (PNG/JPEG grids, depth maps, contact sheets), videos (mp4/gif) and meshes.
+"""Export layer: images (PNG/JPEG grids, depth maps, contact sheets), videos (mp4/gif), meshes, and generator state
+dicts for EG3D/DATID-3D scripts (:mod:`adapt3d.export.state_dict`).
 
 Value conventions: generator images are float ``(B, C, H, W)`` in ``[-1, 1]``; float images in ``[0, 1]``;
 everything written to disk is uint8 ``(H, W, C)``. Every writer is atomic (see :mod:`adapt3d.utils.io`).

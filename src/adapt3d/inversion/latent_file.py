@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = ["LatentCode", "LatentFileError", "LatentMismatchError", "ARCHITECTURE_KEYS", "architecture_of",
            "check_architecture", "save_latent", "load_latent", "LATENT_PT", "LATENT_JSON", "FORMAT"]
@@ -152,7 +153,9 @@ def load_latent(path: str | os.PathLike, flag: str = "--latent") -> LatentCode:
         raise LatentFileError(f"{flag}: {path} does not exist (expected the latent.pt written by adapt3d invert, "
                               "or its folder)")
     try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
+        doc = load_weights_only(path, f"{flag} {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means: not our file
         raise LatentFileError(f"{flag}: cannot read {path} as an adapt3d latent ({type(e).__name__}: {e})") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -1,5 +1,6 @@
-"""Evaluation metrics: CLIP text alignment, LPIPS (own VGG16 implementation), diversity, view consistency,
-FID/KID with pluggable features, and the report writers. See each module's docstring for formulas."""
+"""Evaluation metrics: CLIP text alignment, LPIPS (own AlexNet / VGG16 implementation), diversity, view
+consistency, FID/KID with Inception (own TensorFlow-compatible implementation) or CLIP features, and the report
+writers. See each module's docstring for formulas."""
 
 from adapt3d.metrics.clip_metrics import (
     clip_score,
@@ -11,7 +12,8 @@ from adapt3d.metrics.clip_metrics import (
 )
 from adapt3d.metrics.diversity import intra_cluster_lpips, kmeans, mean_pairwise_distance
 from adapt3d.metrics.fid import CLIPImageFeatures, compute_fid_kid, fid_kid_from_features
-from adapt3d.metrics.lpips import LPIPS, LPIPSWeightsNotFoundError, VGGFeatures, load_lpips
+from adapt3d.metrics.inception import InceptionFeatures, InceptionWeightsNotFoundError, load_inception
+from adapt3d.metrics.lpips import LPIPS, AlexNetFeatures, LPIPSWeightsNotFoundError, VGGFeatures, load_lpips
 from adapt3d.metrics.view_consistency import (
     backproject,
     evaluate_view_consistency,
@@ -32,9 +34,13 @@ __all__ = [
     "CLIPImageFeatures",
     "compute_fid_kid",
     "fid_kid_from_features",
+    "InceptionFeatures",
+    "InceptionWeightsNotFoundError",
+    "load_inception",
     "LPIPS",
     "LPIPSWeightsNotFoundError",
     "VGGFeatures",
+    "AlexNetFeatures",
     "load_lpips",
     "backproject",
     "evaluate_view_consistency",

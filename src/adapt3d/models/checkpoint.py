@@ -88,15 +88,35 @@ def read_checkpoint_json(path: str | Path) -> tuple[Path, dict]:
         raise CheckpointError(f"--checkpoint {path}: no {CONFIG_NAME} in {folder} (expected an adapt3d checkpoint "
                               "folder, an official EG3D .pkl, or a known checkpoint name)")
     try:
-        doc = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
         raise CheckpointError(f"--checkpoint {path}: {cfg_path} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"--checkpoint {path}: {cfg_path} holds a JSON {type(doc).__name__}, expected an "
+                              "object with 'format', 'generator', ...")
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"--checkpoint {path}: {cfg_path} has format {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("version", 0) > FORMAT_VERSION:
+    if not isinstance(doc.get("version", 0), int) or doc.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"--checkpoint {path}: format version {doc['version']} is newer than this adapt3d "
                               f"supports ({FORMAT_VERSION}); upgrade adapt3d")
     return folder, doc
+
+
+def _entry(folder: Path, doc: dict, what: str) -> dict:
+    """The ``generator``/``discriminator`` entry of checkpoint.json, checked: config (object), weights (a plain
+    file name in the folder), sha256 (optional hex string)."""
+    entry = doc.get(what)
+    where = f"checkpoint {folder}: {CONFIG_NAME} entry {what!r}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where} is missing or not an object")
+    weights, sha = entry.get("weights"), entry.get("sha256")
+    if not isinstance(entry.get("config"), dict):
+        raise CheckpointError(f"{where} has no 'config' object")
+    if not isinstance(weights, str) or not weights or Path(weights).name != weights or weights in (".", ".."):
+        raise CheckpointError(f"{where}: 'weights' must be a file name in the folder, got {str(weights)[:80]!r}")
+    if sha is not None and not isinstance(sha, str):
+        raise CheckpointError(f"{where}: 'sha256' must be a hex string")
+    return entry
 
 
 def _load_tensors(folder: Path, entry: dict, what: str) -> dict[str, torch.Tensor]:
@@ -107,7 +127,18 @@ def _load_tensors(folder: Path, entry: dict, what: str) -> dict[str, torch.Tenso
     if entry.get("sha256") and digest != entry["sha256"]:
         raise CheckpointError(f"checkpoint {folder}: {path.name} has sha256 {digest[:12]}..., but {CONFIG_NAME} "
                               f"records {entry['sha256'][:12]}... (incomplete write or a swapped file)")
-    return load_file(str(path))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    header = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < header <= size - 8:  # refused before safetensors allocates anything for it
+        raise CheckpointError(f"checkpoint {folder}: {path} is not a safetensors file ({size} bytes, header length "
+                              f"{header if header >= 0 else 'missing'})")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError, ...: a corrupt file, named
+        raise CheckpointError(f"checkpoint {folder}: {path} is a corrupt safetensors file "
+                              f"({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -117,7 +148,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    if missing or unexpected or shapes:  # checked before a meta-device module is given memory
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
@@ -126,10 +157,18 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
         if shapes:
             parts.append(f"{len(shapes)} with other shapes (e.g. {shapes[:3]})")
         raise CheckpointError(f"{where}: weights do not match the architecture: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]}); "
+                              "the model would render black images. Use an earlier snapshot of the run")
+    if any(t.is_meta for t in own.values()):
+        module.to_empty(device="cpu")  # memory only now that the file is known to fill it exactly
     module.load_state_dict(state, strict=True)
 
 
-def generator_from_config_dict(cfg: dict) -> TriPlaneGenerator:
+def generator_from_config_dict(cfg: dict, materialize: bool = True) -> TriPlaneGenerator:
+    """Our generator for a checkpoint.json config; with ``materialize=False`` it stays on the meta device (no
+    memory) until ``load_state_strict`` has checked the weights against it."""
     cfg = dict(cfg)
     nrr = cfg.pop("neural_rendering_resolution", None)
     config = TriPlaneGeneratorConfig.from_dict(cfg)
@@ -137,24 +176,27 @@ def generator_from_config_dict(cfg: dict) -> TriPlaneGenerator:
         config.neural_rendering_resolution = int(nrr)
     with torch.device("meta"):  # no point initialising weights that the file overwrites
         G = TriPlaneGenerator(config)
-    return G.to_empty(device="cpu")
+    return G.to_empty(device="cpu") if materialize else G
 
 
 def load_checkpoint(path: str | Path, load_discriminator: bool = True) -> Checkpoint:
     """Load an adapt3d checkpoint folder (or its checkpoint.json). The generator is returned in eval mode."""
     folder, doc = read_checkpoint_json(path)
-    if "generator" not in doc:
-        raise CheckpointError(f"checkpoint {folder}: {CONFIG_NAME} has no 'generator' entry")
+    entry = _entry(folder, doc, "generator")
     try:
-        G = generator_from_config_dict(doc["generator"]["config"])
-    except (TypeError, ValueError) as e:
+        G = generator_from_config_dict(entry["config"], materialize=False)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {folder}: unsupported generator config ({e})") from e
-    load_state_strict(G, _load_tensors(folder, doc["generator"], "generator"), f"checkpoint {folder} (generator)")
+    load_state_strict(G, _load_tensors(folder, entry, "generator"), f"checkpoint {folder} (generator)")
     D = None
     if load_discriminator and "discriminator" in doc:
         from adapt3d.models.discriminator import DualDiscriminatorConfig, build_discriminator
-        D = build_discriminator(DualDiscriminatorConfig.from_dict(doc["discriminator"]["config"]))
-        load_state_strict(D, _load_tensors(folder, doc["discriminator"], "discriminator"),
-                          f"checkpoint {folder} (discriminator)")
+        d_entry = _entry(folder, doc, "discriminator")
+        try:
+            with torch.device("meta"):
+                D = build_discriminator(DualDiscriminatorConfig.from_dict(d_entry["config"]))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {folder}: unsupported discriminator config ({e})") from e
+        load_state_strict(D, _load_tensors(folder, d_entry, "discriminator"), f"checkpoint {folder} (discriminator)")
         D.eval()
     return Checkpoint(path=folder, generator=G.eval(), discriminator=D, metadata=doc.get("metadata", {}))

@@ -22,6 +22,18 @@ _GENERATOR_KEYS = {"z_dim", "w_dim", "c_dim", "img_resolution", "img_channels", 
 _FOV_BY_RADIUS = {2.7: 18.837, 1.7: 49.134}  # FFHQ/AFHQ and ShapeNet dataset cameras (EG3D's scripts)
 
 
+def check_superresolution_module(value, where: str = "checkpoint") -> str:
+    """The SR class name of an official ``rendering_kwargs['superresolution_module']`` (a dotted path in the module
+    ``training.superresolution``, or a bare class name); a clear error naming the value for anything else."""
+    text = str(value) if value is not None else ""
+    module, _, name = text.rpartition(".")
+    if name not in SR_HEADS or module not in ("", "training.superresolution"):
+        known = ", ".join(f"training.superresolution.{n}" for n in sorted(SR_HEADS))
+        raise EG3DCheckpointError(f"{where}: rendering_kwargs['superresolution_module'] = {value!r} is not supported "
+                                  f"(adapt3d implements {known})")
+    return name
+
+
 def generator_config_from_official(init_kwargs: dict, attributes: dict | None = None,
                                    where: str = "checkpoint") -> TriPlaneGeneratorConfig:
     """Map an official ``TriPlaneGenerator`` init kwargs (+ pickled attributes) to our config."""
@@ -31,10 +43,7 @@ def generator_config_from_official(init_kwargs: dict, attributes: dict | None = 
         raise EG3DCheckpointError(f"{where}: unsupported generator options {unknown} (adapt3d knows "
                                   f"{sorted(_GENERATOR_KEYS)})")
     rk = dict(attributes.get("rendering_kwargs") or init_kwargs.get("rendering_kwargs") or {})
-    sr_name = str(rk.get("superresolution_module", "")).rsplit(".", 1)[-1]
-    if sr_name not in SR_HEADS:
-        raise EG3DCheckpointError(f"{where}: unsupported superresolution_module {rk.get('superresolution_module')!r}"
-                                  f" (supported: {sorted(SR_HEADS)})")
+    check_superresolution_module(rk.get("superresolution_module"), where)
     if rk.get("clamp_mode", "softplus") != "softplus":
         raise EG3DCheckpointError(f"{where}: unsupported clamp_mode {rk['clamp_mode']!r} (EG3D supports softplus)")
     sr_kwargs = dict(init_kwargs.get("sr_kwargs") or {})
@@ -70,9 +79,13 @@ def generator_from_record(record, where: str = "checkpoint") -> TriPlaneGenerato
     if record.init_args:
         raise EG3DCheckpointError(f"{where}: positional generator arguments {record.init_args!r} are not supported")
     config = generator_config_from_official(record.init_kwargs, record.attributes, where)
+    sr_class = record.children_classes.get("superresolution")
+    if sr_class is not None and sr_class != config.rendering.superresolution_module:
+        raise EG3DCheckpointError(f"{where}: the pickled superresolution module is a {sr_class!r}, but "
+                                  "rendering_kwargs['superresolution_module'] names "
+                                  f"{config.rendering.superresolution_module!r}")
     with torch.device("meta"):
-        G = TriPlaneGenerator(config)
-    G = G.to_empty(device="cpu")
+        G = TriPlaneGenerator(config)  # given memory by load_state_strict once the weights are known to fit
     state = dict(record.state_dict)
     if "dataset_label_std" not in state:  # snapshots have it; hand-made pickles may not
         state["dataset_label_std"] = torch.ones(max(config.c_dim, 1))
@@ -85,7 +98,6 @@ def discriminator_from_record(record, where: str = "checkpoint"):
     config = discriminator_config_from_official(record.init_kwargs)
     with torch.device("meta"):
         D = build_discriminator(config)
-    D = D.to_empty(device="cpu")
     load_state_strict(D, dict(record.state_dict), where)
     return D.eval()
 

@@ -1,11 +1,17 @@
 """Read official EG3D network pickles (NVlabs/eg3d ``network-snapshot-*.pkl``) without running anything in them.
 
 Official pickles store each network through ``torch_utils.persistence``: the *source code* of the defining module
-plus the object's ``__dict__``; the official loader ``exec``s that source. Here a ``pickle.Unpickler`` subclass
-resolves only an explicit allow-list of globals (see ``_ALLOWED``) to our own checking functions and inert stub
-classes; every other global, any persistent id and any malformed argument raises ``UnsafePickleError``. The
-embedded source is kept as a string, hashed, and never compiled, imported or executed. Tensor storages (legacy
-``torch.save`` bytes inside the pickle) are parsed by ``torch.load(..., weights_only=True)``.
+plus the object's ``__dict__``; the official loader ``exec``s that source. Here an unpickler (Python's reference
+implementation, so that every opcode can be checked) resolves only an explicit allow-list of globals (see
+``_ALLOWED``) to our own checking functions and inert stub classes; every other global, any persistent id and any
+malformed argument raises ``UnsafePickleError``. BUILD (``__setstate__``) and NEWOBJ are allowed only on our own
+stand-in classes (never on a tensor: ``Tensor.__setstate__`` calls ``set_()``, which would resize a storage past
+its data), dict keys and set items must be atomic values (hashing a nested tuple of shared references never ends),
+and no item may declare more bytes than the file has left. The embedded source is kept as a string, hashed, and
+never compiled, imported or executed. Tensor storages (legacy ``torch.save`` bytes inside the pickle) are parsed by
+``torch.load(..., weights_only=True)``; every tensor must lie inside its storage. Walking the result is bounded
+(``MAX_TREE_ITEMS``, ``MAX_TREE_DEPTH``, ``MAX_MODULES``; cycles refused), so a small crafted file cannot make
+loading run for ever.
 
 Usage::
 
@@ -30,6 +36,9 @@ import torch
 import torch._utils
 
 from adapt3d.models.eg3d_pickle_records import (
+    MAX_MODULES,
+    MAX_TREE_DEPTH,
+    MAX_TREE_ITEMS,
     EasyDict,
     EG3DCheckpointError,
     EG3DPickle,
@@ -41,8 +50,10 @@ from adapt3d.models.eg3d_pickle_records import (
     build_network_record,
     check_state_dict,
     describe,
+    short_repr,
     to_plain,
 )
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 __all__ = [
     "load_eg3d_pickle",
@@ -54,6 +65,9 @@ __all__ = [
     "ALLOWED_GLOBALS",
     "FORBIDDEN_MODULE_PREFIXES",
     "is_forbidden_module",
+    "MAX_TREE_ITEMS",
+    "MAX_TREE_DEPTH",
+    "MAX_MODULES",
 ]
 
 # Modules that the official loader would import (or create by exec); loading must never add them to sys.modules.
@@ -86,15 +100,19 @@ def _safe_rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride
         raise _refuse(f"{where}: bad storage offset {storage_offset!r}")
     for arg in (size, stride):
         if not (isinstance(arg, tuple) and all(_is_int(v) and v >= 0 for v in arg)):
-            raise _refuse(f"{where}: size/stride must be tuples of non-negative ints, got {arg!r}")
+            raise _refuse(f"{where}: size/stride must be tuples of non-negative ints, got {short_repr(arg)}")
     if len(size) != len(stride) or not isinstance(requires_grad, bool):
         raise _refuse(f"{where}: malformed arguments")
     _check_no_hooks(backward_hooks, where)
     if metadata:
         raise _refuse(f"{where}: tensor metadata is not supported")
     n_items = storage._untyped_storage.nbytes() // storage.dtype.itemsize
-    if all(size) and storage_offset + sum((s - 1) * st for s, st in zip(size, stride)) >= n_items:
-        raise _refuse(f"{where}: view {size}/{stride}+{storage_offset} exceeds its storage ({n_items} items)")
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel and (storage_offset + sum((s - 1) * st for s, st in zip(size, stride)) >= n_items or numel > n_items):
+        raise _refuse(f"{where}: view {short_repr(size)}/{short_repr(stride)}+{storage_offset} exceeds its storage "
+                      f"({n_items} items)")
     return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, OrderedDict())
 
 
@@ -129,7 +147,9 @@ def _safe_load_from_bytes(data: Any) -> torch.storage.TypedStorage:
     if not isinstance(data, bytes):
         raise _refuse(f"torch.storage._load_from_bytes: expected bytes, got {type(data).__name__}")
     try:
-        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        storage = load_weights_only(io.BytesIO(data), "the tensor storages of an EG3D pickle")
+    except OldTorchError:
+        raise
     except pickle.UnpicklingError as exc:
         raise _refuse(f"tensor storage bytes refused by torch's weights-only loader ({_torch_reason(exc)})") from None
     except Exception as exc:  # corrupt storage bytes
@@ -143,14 +163,15 @@ def _safe_ordered_dict(*args: Any) -> OrderedDict:
     if not args:
         return OrderedDict()
     if len(args) == 1 and isinstance(args[0], list) and all(
-            isinstance(p, tuple) and len(p) == 2 for p in args[0]):
+            isinstance(p, tuple) and len(p) == 2 and _is_atomic(p[0]) for p in args[0]):
         return OrderedDict(args[0])
     raise _refuse(f"collections.OrderedDict: unexpected arguments {[type(a).__name__ for a in args]}")
 
 
 def _safe_numpy_dtype(spec: Any, align: Any = False, copy: Any = False) -> NumpyDtypeSpec:
     if not isinstance(spec, str) or len(spec) > 8 or not isinstance(align, bool) or not isinstance(copy, bool):
-        raise _refuse(f"numpy.dtype: unexpected arguments ({str(spec)[:20]!r}, {align!r}, {copy!r})")
+        raise _refuse(f"numpy.dtype: unexpected arguments ({short_repr(spec)}, {short_repr(align)}, "
+                      f"{short_repr(copy)})")
     try:
         NumpyDtypeSpec(spec).to_dtype()
     except TypeError as exc:
@@ -174,8 +195,8 @@ def _inert_persistent_obj(meta: Any) -> PersistentRecord:
         got = sorted(map(str, meta)) if isinstance(meta, dict) else type(meta).__name__
         raise _refuse(f"{where}: malformed metadata ({got})")
     if meta["type"] != "class" or meta["version"] != 6:
-        raise EG3DCheckpointError(f"unsupported torch_utils.persistence record (type={meta['type']!r}, "
-                                  f"version={meta['version']!r}; expected 'class', 6)")
+        raise EG3DCheckpointError(f"unsupported torch_utils.persistence record (type={short_repr(meta['type'])}, "
+                                  f"version={short_repr(meta['version'])}; expected 'class', 6)")
     name, src, state = meta["class_name"], meta["module_src"], meta["state"]
     if not (isinstance(name, str) and name.isidentifier()) or not isinstance(src, str):
         raise _refuse(f"{where}: malformed class_name/module_src")
@@ -194,6 +215,7 @@ _BY_REFERENCE = (
     "training.volumetric_rendering.renderer.ImportanceRenderer",
     "training.volumetric_rendering.ray_marcher.MipRayMarcher2",
     "training.volumetric_rendering.ray_sampler.RaySampler",
+    "training.superresolution.SuperresolutionHybrid8XDC_afhq",  # DATID-3D's cat SR head (not a persistent class)
     "torch.nn.modules.activation.Softplus",
     "torch.nn.modules.container.Sequential",
 )
@@ -216,7 +238,43 @@ _ALLOWED.update({tuple(q.rsplit(".", 1)): _make_stub(q) for q in _BY_REFERENCE})
 ALLOWED_GLOBALS = frozenset(f"{m}.{n}" for m, n in _ALLOWED)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+_ATOMIC = (str, bytes, int, float, bool, type(None))
+
+
+def _is_atomic(x: Any) -> bool:
+    return type(x) in _ATOMIC
+
+
+# The only objects a BUILD opcode may target (each validates its state) and the only classes NEWOBJ may create.
+_BUILD_TARGETS = (NumpyDtypeSpec, ReferenceStub, EasyDict, PersistentRecord)
+_NEWOBJ_CLASSES = (ReferenceStub, EasyDict)
+
+
+class _SizedReader:
+    """File wrapper: a read that asks for more bytes than the file has left is refused before anything is allocated."""
+
+    def __init__(self, file: Any, size: int) -> None:
+        self._file, self._left = file, size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._left
+        if n > self._left:
+            raise EG3DCheckpointError(f"truncated or corrupt: an item declares {n:,} bytes but only {self._left:,} "
+                                      "are left in the file")
+        data = self._file.read(n)
+        self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self._file.readline(self._left)
+        self._left -= len(data)
+        return data
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be overridden
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str) -> Any:
         target = _ALLOWED.get((module, name))
         if target is None:
@@ -224,7 +282,80 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return target
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"refused persistent id {str(pid)[:80]!r}: EG3D pickles have none")
+        raise UnsafePickleError(f"refused persistent id {short_repr(pid)}: EG3D pickles have none")
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, _BUILD_TARGETS):
+            hint = (" (Tensor.__setstate__ calls set_(), which can point a tensor past its storage)"
+                    if isinstance(inst, torch.Tensor) else "")
+            raise UnsafePickleError(f"refused BUILD (__setstate__) on a {type(inst).__qualname__}{hint}; EG3D "
+                                    "pickles only set the state of their by-reference modules")
+        inst.__setstate__(state)
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if not (isinstance(cls, type) and issubclass(cls, _NEWOBJ_CLASSES)):
+            raise UnsafePickleError(f"refused NEWOBJ of {getattr(cls, '__qualname__', type(cls).__name__)}: "
+                                    "only by-reference modules and EasyDict are created this way")
+        if not isinstance(args, tuple):
+            raise UnsafePickleError("NEWOBJ: arguments must be a tuple")
+        self.append(cls.__new__(cls, *args))
+
+    def _refuse_opcode(self) -> None:
+        raise UnsafePickleError("refused opcode (INST, OBJ, NEWOBJ_EX, BYTEARRAY8 or an out-of-band buffer): "
+                                "EG3D pickles never use it")
+
+    # After a MARK the pure-Python unpickler collects the marked items in a fresh ``self.stack`` and keeps the
+    # enclosing stack (whose last item is the container being filled) in ``self.metastack[-1]``.
+    @staticmethod
+    def _check(target: Any, kind: type, keys: Any, what: str) -> None:
+        if type(target) is not kind and not (kind is dict and isinstance(target, dict)):
+            raise UnsafePickleError(f"refused to add {what}s to a {type(target).__qualname__}")
+        for key in keys:
+            if not _is_atomic(key):
+                raise UnsafePickleError(f"refused {what} of type {type(key).__name__} (only str, bytes, numbers, "
+                                        "bool and None are allowed)")
+
+    def _load_setitem(self) -> None:
+        self._check(self.stack[-3], dict, self.stack[-2:-1], "dict key")
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self) -> None:
+        self._check(self.metastack[-1][-1], dict, self.stack[0::2], "dict key")
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_dict(self) -> None:
+        self._check({}, dict, self.stack[0::2], "dict key")
+        pickle._Unpickler.load_dict(self)
+
+    def _load_additems(self) -> None:
+        self._check(self.metastack[-1][-1], set, self.stack, "set item")
+        pickle._Unpickler.load_additems(self)
+
+    def _load_frozenset(self) -> None:
+        self._check(set(), set, self.stack, "set item")
+        pickle._Unpickler.load_frozenset(self)
+
+    def _load_append(self) -> None:
+        self._check(self.stack[-2], list, (), "list item")
+        pickle._Unpickler.load_append(self)
+
+    def _load_appends(self) -> None:
+        self._check(self.metastack[-1][-1], list, (), "list item")
+        pickle._Unpickler.load_appends(self)
+
+    for _op, _fn in ((pickle.BUILD, _load_build), (pickle.NEWOBJ, _load_newobj), (pickle.SETITEM, _load_setitem),
+                     (pickle.SETITEMS, _load_setitems), (pickle.DICT, _load_dict), (pickle.ADDITEMS, _load_additems),
+                     (pickle.FROZENSET, _load_frozenset), (pickle.APPEND, _load_append),
+                     (pickle.APPENDS, _load_appends)):
+        dispatch[_op[0]] = _fn
+    for _op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX, pickle.BYTEARRAY8, pickle.NEXT_BUFFER,
+                pickle.READONLY_BUFFER):
+        dispatch[_op[0]] = _refuse_opcode
+    del _op, _fn
 
 
 # -------------------------------------------------------------------------------------------------- public API
@@ -237,7 +368,7 @@ def _read_raw(path: Path) -> Any:
         head = f.read(2)
         if head[:2] == b"PK":
             raise EG3DCheckpointError(f"{path} is a zip archive (a torch.save checkpoint?), not an EG3D network "
-                                      "pickle; load it with torch.load(weights_only=True) instead")
+                                      "pickle (network-snapshot-*.pkl)")
         if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
             raise EG3DCheckpointError(f"{path} is not a pickle file (first bytes {head!r}; an EG3D network "
                                       "pickle starts with a protocol 2-5 header)")
@@ -245,7 +376,9 @@ def _read_raw(path: Path) -> Any:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-                return _RestrictedUnpickler(f).load()
+                return _RestrictedUnpickler(_SizedReader(f, path.stat().st_size)).load()
+        except OldTorchError:
+            raise
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{exc} (file: {path})") from None
         except EG3DCheckpointError as exc:
@@ -321,5 +454,6 @@ def load_eg3d_pickle(path: str | Path) -> EG3DPickle:
     leaked = _new_forbidden_modules(modules_before)
     if leaked:  # internal invariant: nothing above may import the official code
         raise RuntimeError(f"loading {path} imported forbidden modules {leaked}")
+    tsk = to_plain(tsk, f"{path}: training_set_kwargs") if tsk is not None else None
     return EG3DPickle(path=path, G=nets["G"], D=nets["D"], G_ema=nets["G_ema"], augment_pipe=nets["augment_pipe"],
-                      training_set_kwargs=to_plain(tsk) if tsk is not None else None, notes=notes)
+                      training_set_kwargs=tsk, notes=notes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import reprlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,30 @@ __all__ = [
     "EG3DPickle",
     "build_network_record",
     "describe",
+    "short_repr",
+    "MAX_TREE_ITEMS",
+    "MAX_TREE_DEPTH",
+    "MAX_MODULES",
 ]
+
+# Bounds on what reading one pickle may cost. Official snapshots are far below them: a kwargs tree has < 1,000
+# items and is < 6 levels deep, a network < 1,000 modules nested < 10 deep. A 1 kB file of shared references can
+# describe a structure of 2**40 items (a "pickle bomb"); every walk below counts each *use* of an object, so such a
+# file is refused after at most MAX_TREE_ITEMS steps instead of running for ever.
+MAX_TREE_ITEMS = 10_000
+MAX_TREE_DEPTH = 32
+MAX_MODULES = 20_000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr`` for error messages: never expands a deep or shared structure (a pickle bomb)."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # a huge int, an object whose repr fails, ...
+        return f"<{type(value).__name__}>"
 
 
 class EG3DCheckpointError(ValueError):
@@ -80,7 +104,7 @@ class NumpyDtypeSpec:
         plain = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
                  and state[2:] == (None, None, None, -1, -1, 0))
         if not plain:
-            raise UnsafePickleError(f"numpy.dtype({self.spec!r}): state {str(state)[:120]} is not that of a plain "
+            raise UnsafePickleError(f"numpy.dtype({self.spec!r}): state {short_repr(state)} is not that of a plain "
                                     "numeric dtype (object/structured dtypes refused)")
         self.byteorder = state[1]
 
@@ -151,22 +175,44 @@ def _is_module_state(state: dict | None) -> bool:
         isinstance(state.get(k), dict) for k in ("_parameters", "_buffers", "_modules"))
 
 
-def to_plain(value: Any) -> Any:
-    """EasyDict -> dict, numpy scalars -> Python numbers, recursively through dicts, lists and tuples."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        items = ((k, to_plain(v)) for k, v in value.items())
-        return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
-    if isinstance(value, tuple):
-        return tuple(to_plain(v) for v in value)
-    if isinstance(value, list):
-        return [to_plain(v) for v in value]
-    if isinstance(value, (PersistentRecord, ReferenceStub)):
-        return f"<{value.class_name}>"
-    if isinstance(value, NumpyDtypeSpec):
-        return str(value.to_dtype())
-    return value
+def to_plain(value: Any, where: str = "value", *, max_items: int = MAX_TREE_ITEMS,
+             max_depth: int = MAX_TREE_DEPTH) -> Any:
+    """EasyDict -> dict, numpy scalars -> Python numbers, recursively through dicts, lists and tuples.
+
+    The result is a tree: an object referenced twice is converted twice. At most ``max_items`` conversions (each
+    use of a shared object counts) and ``max_depth`` levels; a reference cycle, a deeper or a larger structure raises
+    ``EG3DCheckpointError`` naming ``where``.
+    """
+    count = 0
+    active: set[int] = set()  # ids of the containers on the current path: seeing one again is a cycle
+
+    def convert(v: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > max_items:
+            raise EG3DCheckpointError(f"{where} expands to more than {max_items:,} items (each use of a shared "
+                                      "object counts); refused as a pickle bomb")
+        if depth > max_depth:
+            raise EG3DCheckpointError(f"{where} is nested more than {max_depth} levels deep; refused")
+        if not isinstance(v, (dict, list, tuple)):
+            if isinstance(v, np.generic):
+                return v.item()
+            if isinstance(v, (PersistentRecord, ReferenceStub)):
+                return f"<{v.class_name}>"
+            return str(v.to_dtype()) if isinstance(v, NumpyDtypeSpec) else v
+        if id(v) in active:
+            raise EG3DCheckpointError(f"{where} contains a reference cycle (a container inside itself); refused")
+        active.add(id(v))
+        try:
+            if isinstance(v, dict):
+                items = [(k, convert(x, depth + 1)) for k, x in v.items()]
+                return OrderedDict(items) if isinstance(v, OrderedDict) else dict(items)
+            converted = [convert(x, depth + 1) for x in v]
+            return tuple(converted) if isinstance(v, tuple) else converted
+        finally:
+            active.discard(id(v))
+
+    return convert(value, 0)
 
 
 # Class names defined by the official source files, used to guess which file a module_src came from.
@@ -217,25 +263,52 @@ class NetworkRecord:
         return sum(t.numel() for t in self.state_dict.values())
 
 
+def check_tensor_extent(tensor: torch.Tensor, name: str, where: str) -> None:
+    """Refuse a tensor that reaches outside its storage or has more elements than its storage holds."""
+    n_items = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    if tensor.numel() == 0:
+        return
+    last = tensor.storage_offset() + sum((s - 1) * st for s, st in zip(tensor.shape, tensor.stride()))
+    if last >= n_items or tensor.numel() > n_items:
+        raise UnsafePickleError(f"{where}: tensor {name} {tuple(tensor.shape)} does not fit its storage of "
+                                f"{n_items} items; refused")
+
+
 def _flatten(obj: Any, prefix: str, out: "OrderedDict[str, torch.Tensor]", classes: dict[str, str],
-             where: str) -> None:
+             where: str, walk: dict) -> None:
+    walk["modules"] += 1
+    depth = prefix.count(".")
+    if walk["modules"] > MAX_MODULES or depth > MAX_TREE_DEPTH:
+        raise EG3DCheckpointError(f"{where}: the network has more than {MAX_MODULES:,} modules or is nested more "
+                                  f"than {MAX_TREE_DEPTH} levels deep (at {prefix[:80]!r}); refused")
+    if id(obj) in walk["active"]:
+        raise EG3DCheckpointError(f"{where}: module {prefix[:-1]!r} contains itself (a reference cycle); refused")
     state = _state_of(obj)
     if not _is_module_state(state):
         raise EG3DCheckpointError(f"{where}: {prefix or 'network'!r} is not a pickled nn.Module "
                                   f"({type(obj).__name__})")
+    walk["active"].add(id(obj))
     skip = state.get("_non_persistent_buffers_set") or set()
+    if not isinstance(skip, (set, frozenset)):
+        raise EG3DCheckpointError(f"{where}: {prefix}_non_persistent_buffers_set is a {type(skip).__name__}, "
+                                  "expected a set")
     for kind in ("_parameters", "_buffers"):
         for name, tensor in state[kind].items():
             if tensor is None or (kind == "_buffers" and name in skip):
                 continue
-            if not isinstance(tensor, torch.Tensor):
-                raise EG3DCheckpointError(f"{where}: {prefix}{name} is a {type(tensor).__name__}, not a tensor")
+            if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+                raise EG3DCheckpointError(f"{where}: {prefix}{short_repr(name)} is a {type(tensor).__name__}, "
+                                          "not a tensor")
+            check_tensor_extent(tensor, prefix + name, where)
             out[prefix + name] = tensor.detach()
     for name, child in state["_modules"].items():
         if child is None:
             continue
+        if not isinstance(name, str):
+            raise EG3DCheckpointError(f"{where}: {prefix}_modules has a non-string key {short_repr(name)}")
         classes[prefix + name] = child.class_name if hasattr(child, "class_name") else type(child).__name__
-        _flatten(child, f"{prefix}{name}.", out, classes, where)
+        _flatten(child, f"{prefix}{name}.", out, classes, where, walk)
+    walk["active"].discard(id(obj))
 
 
 _MODULE_INTERNALS = re.compile(r"^(_parameters|_buffers|_modules|_non_persistent_buffers_set|_init_args|"
@@ -249,19 +322,20 @@ def build_network_record(obj: Any, where: str) -> NetworkRecord:
     state = obj.state
     sd: OrderedDict[str, torch.Tensor] = OrderedDict()
     classes: dict[str, str] = {}
-    _flatten(obj, "", sd, classes, where)
+    _flatten(obj, "", sd, classes, where, {"modules": 0, "active": set()})
     init_args = state.get("_init_args", ())
     init_kwargs = state.get("_init_kwargs", {})
     if not isinstance(init_args, tuple) or not isinstance(init_kwargs, dict):
         raise EG3DCheckpointError(f"{where}: malformed _init_args/_init_kwargs")
-    attributes = {k: to_plain(v) for k, v in state.items() if not _MODULE_INTERNALS.match(k)}
+    attributes = to_plain({k: v for k, v in state.items() if not _MODULE_INTERNALS.match(k)},
+                          f"{where}: attributes")
     src = obj.module_src
     return NetworkRecord(
         class_name=obj.class_name,
         module_src_sha256=hashlib.sha256(src.encode("utf-8")).hexdigest() if src is not None else None,
         module_file_hint=module_file_hint(src) if src else None,
-        init_args=to_plain(init_args),
-        init_kwargs=to_plain(init_kwargs),
+        init_args=to_plain(init_args, f"{where}: _init_args"),
+        init_kwargs=to_plain(init_kwargs, f"{where}: _init_kwargs"),
         state_dict=sd,
         attributes=attributes,
         children_classes=classes,

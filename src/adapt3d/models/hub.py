@@ -13,9 +13,12 @@ Sources (URLs as used by NVlabs/eg3d's visualizer and by DATID-3D's scripts):
   resolve/main/finetuned_models/<filename>``.
 
 Checksums: no published sha256 is known for any of these files, so entries carry ``sha256=None`` and the checksum
-is *recorded on first download* (trust on first use) in ``<filename>.json`` next to the file; later cache hits are
-checked against the recorded size (and, with ``verify=True``, the sha256). Entries registered with a sha256 are
-verified on download and a mismatch leaves nothing in the cache.
+is *recorded on first download* (trust on first use) in ``<filename>.json`` next to the file (a file put into the
+cache by hand is hashed and recorded on its first use). Every later use verifies the file against that sha256; the
+hash is computed again only when the file's size, mtime or inode changed since the last verification (recorded in
+the same JSON), so an unchanged cache costs one ``stat``. A mismatch refuses the file with a message saying how to
+download it again. Entries registered with a sha256 are verified on download and a mismatch leaves nothing in the
+cache.
 
 Licences: the EG3D weights come with NVIDIA's non-commercial terms (research or evaluation only), and every
 official pickle embeds NVIDIA source code: do not redistribute these files. DATID-3D's model card says apache-2.0,
@@ -41,6 +44,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointDownloadError",
     "ChecksumMismatchError",
+    "CachedFileChangedError",
     "register_checkpoint",
     "unregister_checkpoint",
     "known_checkpoints",
@@ -73,6 +77,10 @@ class CheckpointDownloadError(RuntimeError):
 
 class ChecksumMismatchError(CheckpointDownloadError):
     """A downloaded (or cached) file does not have the expected sha256 / size."""
+
+
+class CachedFileChangedError(ChecksumMismatchError):
+    """A file in the cache no longer matches the sha256 it was verified with (corrupted or tampered with)."""
 
 
 @dataclass(frozen=True)
@@ -166,20 +174,56 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _check_cached(entry: KnownCheckpoint, path: Path, verify: bool) -> None:
+def _read_sidecar(path: Path) -> dict:
     try:
         record = json.loads(_sidecar(path).read_text())
     except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    size = record.get("size")
-    if isinstance(size, int) and path.stat().st_size != size:
-        raise ChecksumMismatchError(f"cached checkpoint {path} has {path.stat().st_size} bytes, {size} were "
-                                    "downloaded; the file changed or is corrupt - delete it to download again")
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _stamp(path: Path, sha256: str) -> dict:
+    """What a verified file looked like: re-hashing is skipped while size, mtime and inode stay the same."""
+    st = path.stat()
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _save_sidecar(path: Path, record: dict) -> None:
+    try:
+        atomic_write_json(_sidecar(path), record)
+    except OSError:  # a read-only cache: verification still happened, it is just not remembered
+        pass
+
+
+def _check_cached(entry: KnownCheckpoint, path: Path, verify: bool) -> None:
+    """Verify a cached file against the known or recorded sha256 (hashed again only when the file changed).
+
+    A file with no record (put there by hand, as the offline message says) is hashed and recorded now: trust on
+    first use, like a download.
+    """
+    record = _read_sidecar(path)
     expected = entry.sha256 or record.get("sha256")
-    if verify and expected and sha256_file(path) != expected:
-        raise ChecksumMismatchError(f"cached checkpoint {path} does not match sha256 {expected}; delete it to "
-                                    "download again")
+    if not (isinstance(expected, str) and len(expected) == 64):
+        record.update(name=entry.name, url=entry.url, sha256=sha256_file(path), size=path.stat().st_size,
+                      sha256_source="recorded on first use (file placed in the cache by hand)")
+        record["verified"] = _stamp(path, record["sha256"])
+        _save_sidecar(path, record)
+        return
+    if not verify and record.get("verified") == _stamp(path, expected):
+        return
+    size = record.get("size")
+    actual_size = path.stat().st_size
+    digest = sha256_file(path) if not (isinstance(size, int) and actual_size != size) else None
+    if digest != expected:
+        what = (f"has {actual_size} bytes, {size} were downloaded" if digest is None else
+                f"has sha256 {digest[:16]}..., not the {expected[:16]}... "
+                f"{'published' if entry.sha256 else 'recorded when it was first downloaded'}")
+        raise CachedFileChangedError(
+            f"cached checkpoint {path} {what}: it changed on disk (corruption or tampering) and is not used. To "
+            f"download it again, delete it (rm {path}) and run the command again; the new copy is checked against "
+            f"the same sha256. If you replaced it on purpose, delete {_sidecar(path)} too.")
+    record["verified"] = _stamp(path, expected)
+    _save_sidecar(path, record)
 
 
 def _recorded_sha256(path: Path) -> str | None:
@@ -225,7 +269,8 @@ def _download(entry: KnownCheckpoint, dest: Path, progress: bool, timeout: float
                                       ) from exc
     atomic_write_json(_sidecar(dest), {"name": entry.name, "url": entry.url, "sha256": digest, "size": received,
                                        "sha256_source": "registry" if entry.sha256 else "recorded on first download",
-                                       "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                       "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "verified": _stamp(dest, digest)})
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | None = None,
@@ -233,8 +278,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
                        timeout: float = 60.0) -> Path:
     """Return a local file for ``name_or_path``: an existing path as is, or a known name from/into the cache.
 
-    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE``); ``verify=True`` re-hashes
-    a cached file against the known or recorded sha256.
+    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE``). A cached file is verified
+    against the known or recorded sha256 (re-hashed only when it changed on disk; ``verify=True`` always re-hashes).
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_file():

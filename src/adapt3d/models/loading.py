@@ -68,4 +68,8 @@ def load_generator(preset: str | None = None, checkpoint: str | None = None, see
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint {checkpoint}: {e}") from e
     source = {"checkpoint": str(checkpoint), "file": str(path), "format": "eg3d-pickle"}
+    if not p.is_file() and hub._key(str(checkpoint)) in hub.known_checkpoints():
+        from adapt3d.models.known_models import KNOWN_MODELS, check_known_model
+        if hub._key(str(checkpoint)) in KNOWN_MODELS:  # a file that is not what the name stands for: say so
+            notes = list(notes) + check_known_model(str(checkpoint), G)
     return LoadedGenerator(G, D, source, notes)

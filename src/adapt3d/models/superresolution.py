@@ -10,6 +10,12 @@ mode comes from ``rendering_kwargs['superresolution_noise_mode']``, not from the
 | ``SuperresolutionHybrid4X`` | R/2 -> R (EG3D: 128 -> 256) | no-up, C -> 128 | up, 128 -> 64 | smaller |
 | ``SuperresolutionHybrid8X`` | R/4 -> R (EG3D: 128 -> 512) | up, C -> 128 | up, 128 -> 64 | size differs |
 | ``SuperresolutionHybrid8XDC`` | R/4 -> R (EG3D: 128 -> 512) | up, C -> 256 | up, 256 -> 128 | size differs |
+| ``SuperresolutionHybrid8XDC_afhq`` | R/4 -> R (128 -> 512) | up, C -> 128 | up, 128 -> 64 | size differs |
+
+``SuperresolutionHybrid8XDC_afhq`` is DATID-3D's (``eg3d/training/superresolution.py``, selected by its
+``train.py --cfg=cat``): the channels and forward pass of ``8X`` (so it takes the weights of EG3D's released AFHQ
+model), but without ``8X``'s unused ``resample_filter`` buffer, and not a persistent class, so DATID-3D's cat models
+(``datid3d-cat_in_Zootopia``, ...) store it by reference, with no constructor arguments in the pickle.
 
 Conv clamping is 256 whenever ``sr_num_fp16_res > 0`` (also in fp32 on CPU), as in EG3D.
 
@@ -33,6 +39,7 @@ SR_HEADS = {
     "SuperresolutionHybrid4X": (2, False, 128, 64, True, True),
     "SuperresolutionHybrid8X": (4, True, 128, 64, False, True),
     "SuperresolutionHybrid8XDC": (4, True, 256, 128, False, False),
+    "SuperresolutionHybrid8XDC_afhq": (4, True, 128, 64, False, False),
 }
 
 

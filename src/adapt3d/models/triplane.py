@@ -52,6 +52,11 @@ class OSGDecoder(nn.Module):
         return {"rgb": rgb, "sigma": x[..., 0:1]}
 
 
+_CONFIG_LIMITS = {"z_dim": 4096, "w_dim": 4096, "img_resolution": 4096, "triplane_resolution": 2048,
+                  "triplane_channels": 1024, "neural_rendering_resolution": 1024, "channel_base": 1 << 20,
+                  "channel_max": 4096, "num_layers": 64}
+
+
 @dataclass
 class TriPlaneGeneratorConfig:
     """Architecture + rendering settings. Names follow EG3D's constructor kwargs so official ones map directly.
@@ -85,6 +90,13 @@ class TriPlaneGeneratorConfig:
                      "neural_rendering_resolution"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"generator config {name} must be > 0, got {getattr(self, name)}")
+        # Upper bounds far above any EG3D model, so that a crafted config cannot ask for terabytes or hours.
+        limits = dict(_CONFIG_LIMITS, num_layers=self.mapping_kwargs.get("num_layers", 2)
+                      if isinstance(self.mapping_kwargs, dict) else 2)
+        for name, high in _CONFIG_LIMITS.items():
+            value = limits[name] if name == "num_layers" else getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value > high:
+                raise ValueError(f"generator config {name} = {value!r} is not a number <= {high} (EG3D uses far less)")
         if self.c_dim not in (0, 25):
             raise ValueError(f"generator config c_dim must be 25 (EG3D camera label) or 0, got {self.c_dim}")
 
@@ -221,8 +233,10 @@ def _ffhq(**overrides) -> TriPlaneGeneratorConfig:
 PRESETS: dict[str, TriPlaneGeneratorConfig] = {
     # train.py --cfg=ffhq --gen_pose_cond=True --gpc_reg_prob=0.8, 512 px output from 128 px neural rendering.
     "ffhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8)),
-    # --cfg=afhq: same network, cats' average camera pivot.
-    "afhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8, avg_camera_pivot=[0.0, 0.0, -0.06])),
+    # --cfg=afhq: cats' average camera pivot; the released AFHQ model has 8X's super-resolution channels (see
+    # adapt3d.models.known_models).
+    "afhq512": _ffhq(rendering=RenderingConfig(gpc_reg_prob=0.8, avg_camera_pivot=[0.0, 0.0, -0.06],
+                                               superresolution_module="SuperresolutionHybrid8X")),
     # --cfg=shapenet: 128 px output from 64 px rendering, white background, larger box, no pose conditioning.
     "shapenet128": TriPlaneGeneratorConfig(
         img_resolution=128, neural_rendering_resolution=64, camera_fov_deg=49.134,

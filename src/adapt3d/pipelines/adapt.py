@@ -33,10 +33,10 @@ from adapt3d.pipelines import make_dataset as make_dataset_pipeline
 from adapt3d.pipelines.finetune import finetune_done
 from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, render
 from adapt3d.pipelines.render import resolve_device
-from adapt3d.training.config import FinetuneConfig, validate_finetune_config
+from adapt3d.training.config import AugmentOp, FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_prompts, check_view_outputs, parse_seeds
 
 __all__ = ["AdaptConfig", "AdaptResult", "run", "stage_configs", "COMPARE_YAWS"]
 
@@ -92,6 +92,11 @@ class AdaptConfig:
     """Fine-tuning batch size (DATID-3D: 20; tiny: 4)."""
     freeze: tuple[str, ...] = ()
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    neural_rendering_schedule: Literal["auto", "datid3d", "fixed"] = "auto"
+    """Fine-tuning render resolution: datid3d = 64 px rising towards 128 over 1000 kimg (DATID-3D), fixed = the
+    generator's; auto = datid3d for official 512 px weights, fixed for --preset."""
+    augment_ops: tuple[AugmentOp, ...] = ("xflip", "xint", "color")
+    """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline (see adapt3d finetune --help)."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default: 50; tiny: half the run)."""
     seeds: str = "0-3"
@@ -149,6 +154,7 @@ def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetCo
     train = FinetuneConfig(
         dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, generator=cfg.generator,
         kimg=kimg, batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
         snapshot_kimg=_pick(cfg.snapshot_kimg, 50.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
         sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     shows = RenderConfig(
@@ -162,13 +168,12 @@ def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
     mcfg, fcfg, rcfg = stages
     if not cfg.prompt:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
-    check_output_folder(Path(cfg.out))
+    check_prompts(cfg.prompt)
     parse_seeds(cfg.seeds)
     if not 0 <= cfg.trunc <= 2:
         raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
-    for name in ("video_frames", "mesh_resolution"):
-        if getattr(rcfg, name) < (8 if name == "mesh_resolution" else 1):
-            raise ValueError(f"--{name.replace('_', '-')}: {getattr(rcfg, name)} is too small")
+    check_view_outputs(video_frames=rcfg.video_frames, mesh_resolution=rcfg.mesh_resolution)
+    check_output_folder(Path(cfg.out))
     validate_finetune_config(fcfg, world_info().world_size)
     return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
 

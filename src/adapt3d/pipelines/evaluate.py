@@ -12,7 +12,7 @@ deterministic ray marching; rendered samples are cached as PNGs in ``<out>/sampl
 the same settings (``--resume``). Every metric is computed from those uint8 images, and every random choice
 (cameras, k-means, pair subsets, KID subsets) is seeded by ``--seed``, so reruns give identical numbers.
 Metrics: see :mod:`adapt3d.metrics` (CLIP score, directional CLIP, intra-cluster LPIPS, view consistency,
-FD-CLIP / KID).
+FID / KID on Inception features (paper-comparable) or CLIP features (FD-CLIP)).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from adapt3d.cameras import make_pose_sampler
 from adapt3d.export.images import save_image, to_uint8
-from adapt3d.metrics import clip_metrics, diversity, fid, lpips as lpips_mod
+from adapt3d.metrics import clip_metrics, diversity, fid, inception, lpips as lpips_mod
 from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, render_views, resolve_device
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_text, parse_seeds
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
@@ -85,14 +85,22 @@ class EvalConfig:
     """Embedding clustered by k-means: CLIP image embeddings or pooled LPIPS features."""
     max_pairs_per_cluster: int = 200
     """Pairs per cluster evaluated with LPIPS (a seeded random subset when a cluster has more)."""
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    """LPIPS backbone for intra-cluster LPIPS: 'alex' (AlexNet, the lpips package's default) or 'vgg' (VGG16, the
+    network EG3D's projector, DATID-3D and StyleGAN-NADA use as a loss). Numbers of the two are not comparable."""
+    lpips_alex_weights: str | None = None
+    """AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for --lpips-net alex: path, URL or known name; None =
+    the cache."""
     lpips_vgg_weights: str | None = None
-    """VGG16 ImageNet weights (vgg16-397923af.pth): path, URL or known name; None = the cache."""
+    """VGG16 ImageNet weights (vgg16-397923af.pth) for --lpips-net vgg: path, URL or known name; None = the cache."""
     lpips_heads_weights: str | None = None
-    """LPIPS v0.1 linear heads (vgg.pth): path, URL or known name; None = the cache."""
+    """LPIPS v0.1 linear heads of --lpips-net (alex.pth or vgg.pth): path, URL or known name; None = the cache."""
+    lpips_alex_sha256: str | None = None
+    """Expected sha256 (64 hex digits) of --lpips-alex-weights (checked for a path or a URL)."""
     lpips_vgg_sha256: str | None = None
-    """Expected sha256 when --lpips-vgg-weights is a URL."""
+    """Expected sha256 (64 hex digits) of --lpips-vgg-weights (checked for a path or a URL)."""
     lpips_heads_sha256: str | None = None
-    """Expected sha256 when --lpips-heads-weights is a URL."""
+    """Expected sha256 (64 hex digits) of --lpips-heads-weights (checked for a path or a URL)."""
     lpips_resolution: int | None = None
     """Resize images to this square size before LPIPS (None = native size; e.g. 256 to cut the cost at 512 px)."""
     view_num_samples: int = 8
@@ -105,8 +113,18 @@ class EvalConfig:
     """Relative depth agreement for a pixel to count as visible in both views."""
     reference: str | None = None
     """Reference images for FID/KID: a folder or zip (e.g. the target dataset). None = the source samples."""
-    fid_feature: Literal["clip", "inception"] = "clip"
-    """FID features: CLIP image embeddings (FD-CLIP) or InceptionV3 (needs torch-fidelity)."""
+    fid_feature: Literal["inception", "clip"] | None = None
+    """FID/KID features: 'inception' (TensorFlow Inception-v3 pool3, comparable with EG3D/DATID-3D/StyleGAN
+    FID; needs pt_inception-2015-12-05-6726825d.pth) or 'clip' (FD-CLIP, not comparable with papers). None =
+    inception, or clip with --preset."""
+    inception_weights: str | None = None
+    """FID Inception weights (pt_inception-2015-12-05-6726825d.pth): path, URL or the known name
+    inception-2015-12-05; None = the cache (downloaded when online)."""
+    inception_sha256: str | None = None
+    """Expected sha256 (64 hex digits) of --inception-weights (checked for a path or a URL)."""
+    fid_inception_preprocess: Literal["tensorflow", "pytorch-fid"] = "tensorflow"
+    """Inception input resize/scaling: 'tensorflow' (TF1 bilinear, (x-128)/128: TTUR, torch-fidelity, StyleGAN3,
+    EG3D) or 'pytorch-fid' (half-pixel bilinear, 2x/255-1). Only numbers of the same mode are comparable."""
     max_reference_images: int | None = None
     """Use at most this many reference images (sorted by name)."""
     kid_subset_size: int = 1000
@@ -171,6 +189,8 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError("--prompt: required (the target text, e.g. 'a 3D render of a face in Pixar style')")
     if not cfg.source_prompt.strip():
         raise ValueError("--source-prompt: must be a non-empty text")
+    check_text(cfg.prompt or "", "--prompt", "prompt")
+    check_text(cfg.source_prompt, "--source-prompt", "prompt")
     unknown = sorted(set(cfg.metrics) - set(METRICS))
     if unknown or not cfg.metrics:
         raise ValueError(f"--metrics: unknown {unknown or 'empty'}; choose from {', '.join(METRICS)}")
@@ -197,20 +217,59 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError(f"--lpips-resolution: must be >= 16 or None, got {cfg.lpips_resolution}")
     if cfg.max_reference_images is not None and cfg.max_reference_images < 2:
         raise ValueError(f"--max-reference-images: must be >= 2, got {cfg.max_reference_images}")
+    _check_weight_options(cfg)
     if "fid" in cfg.metrics:
         if cfg.reference is not None:
-            fid.list_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
-        if cfg.fid_feature == "inception" and not fid.inception_available():
-            raise ValueError("--fid-feature inception: torch-fidelity is not installed (it needs torchvision, "
-                             "which breaks transformers here); use --fid-feature clip")
+            fid.check_reference_images(cfg.reference, cfg.max_reference_images)  # raises naming --reference
+        if _fid_feature(cfg) == "inception":  # raises naming the file, its URL and --fid-feature clip; checks sha256
+            inception.resolve_inception_weights(cfg.inception_weights, cfg.inception_sha256)
     from adapt3d.diffusion.loading import resolve_pretrained
     resolve_pretrained(_clip_name(cfg), "clip", "--clip-model")  # every metric group uses CLIP embeddings
-    if "diversity" in cfg.metrics and (cfg.preset is None or cfg.lpips_vgg_weights or cfg.lpips_heads_weights):
-        lpips_mod.resolve_weights(cfg.lpips_vgg_weights, lpips_mod.VGG16_WEIGHTS, cfg.lpips_vgg_sha256)
-        lpips_mod.resolve_weights(cfg.lpips_heads_weights, lpips_mod.LPIPS_HEADS_WEIGHTS, cfg.lpips_heads_sha256)
+    backbone, backbone_sha256 = _lpips_backbone(cfg)
+    if "diversity" in cfg.metrics and (cfg.preset is None or backbone or cfg.lpips_heads_weights):
+        lpips_mod.resolve_lpips_weights(backbone, cfg.lpips_heads_weights, net=cfg.lpips_net,
+                                        backbone_sha256=backbone_sha256, heads_sha256=cfg.lpips_heads_sha256)
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     return seeds
+
+
+def _check_weight_options(cfg: EvalConfig) -> None:
+    """Weight options that do not apply to the chosen --lpips-net / FID features, and malformed checksums."""
+    for name in ("lpips_alex_sha256", "lpips_vgg_sha256", "lpips_heads_sha256", "inception_sha256"):
+        value = getattr(cfg, name)
+        if value is not None and (len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value)):
+            raise ValueError(f"{_flag(name)}: expected 64 hex digits (a sha256), got {value!r}")
+    other = "vgg" if cfg.lpips_net == "alex" else "alex"
+    for name in (f"lpips_{other}_weights", f"lpips_{other}_sha256"):
+        if getattr(cfg, name) is not None:
+            raise ValueError(f"{_flag(name)}: applies to --lpips-net {other}, but --lpips-net is {cfg.lpips_net}; "
+                             f"use --lpips-{cfg.lpips_net}-weights / --lpips-{cfg.lpips_net}-sha256 or --lpips-net "
+                             f"{other}")
+    if cfg.lpips_net == "alex" and cfg.lpips_resolution is not None and cfg.lpips_resolution < 31:
+        raise ValueError(f"--lpips-resolution: LPIPS-alex needs >= 31 px, got {cfg.lpips_resolution}")
+    if _fid_feature(cfg) == "clip":
+        for name in ("inception_weights", "inception_sha256"):
+            if getattr(cfg, name) is not None:
+                raise ValueError(f"{_flag(name)}: applies to --fid-feature inception, but the FID features are "
+                                 "clip")
+        if cfg.fid_inception_preprocess != "tensorflow":
+            raise ValueError(f"--fid-inception-preprocess {cfg.fid_inception_preprocess}: applies to --fid-feature "
+                             "inception, but the FID features are clip")
+
+
+def _fid_feature(cfg: EvalConfig) -> str:
+    """--fid-feature, or its default: inception, except for a --preset demo without --inception-weights."""
+    if cfg.fid_feature is not None:
+        return cfg.fid_feature
+    return "clip" if cfg.preset is not None and cfg.inception_weights is None else "inception"
+
+
+def _lpips_backbone(cfg: EvalConfig) -> tuple[str | None, str | None]:
+    """The backbone weights spec and its sha256 for --lpips-net."""
+    if cfg.lpips_net == "alex":
+        return cfg.lpips_alex_weights, cfg.lpips_alex_sha256
+    return cfg.lpips_vgg_weights, cfg.lpips_vgg_sha256
 
 
 def _clip_name(cfg: EvalConfig) -> str:
@@ -218,16 +277,17 @@ def _clip_name(cfg: EvalConfig) -> str:
 
 
 def _load_lpips(cfg: EvalConfig, warnings: list[str]) -> lpips_mod.LPIPS:
-    explicit = cfg.lpips_vgg_weights or cfg.lpips_heads_weights
+    backbone, backbone_sha256 = _lpips_backbone(cfg)
     try:
-        return lpips_mod.load_lpips(cfg.lpips_vgg_weights, cfg.lpips_heads_weights, vgg_sha256=cfg.lpips_vgg_sha256,
-                                    heads_sha256=cfg.lpips_heads_sha256, resolution=cfg.lpips_resolution)
+        return lpips_mod.load_lpips(backbone, cfg.lpips_heads_weights, net=cfg.lpips_net,
+                                    backbone_sha256=backbone_sha256, heads_sha256=cfg.lpips_heads_sha256,
+                                    resolution=cfg.lpips_resolution)
     except lpips_mod.LPIPSWeightsNotFoundError:
-        if cfg.preset is None or explicit:
+        if cfg.preset is None or backbone or cfg.lpips_heads_weights:
             raise
-    warnings.append("LPIPS uses RANDOM weights (demo with --preset; the VGG16 / LPIPS weight files were not "
-                    "found): every LPIPS diversity number in this report is MEANINGLESS.")
-    return lpips_mod.LPIPS.random(cfg.seed, resolution=cfg.lpips_resolution)
+    warnings.append(f"LPIPS uses RANDOM weights (demo with --preset; the LPIPS-{cfg.lpips_net} weight files were "
+                    "not found): every LPIPS diversity number in this report is MEANINGLESS.")
+    return lpips_mod.LPIPS.random(cfg.seed, resolution=cfg.lpips_resolution, net=cfg.lpips_net)
 
 
 def _versions() -> dict:
@@ -427,7 +487,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         results["view_consistency"], view_examples = _view_consistency(st)
     if "fid" in cfg.metrics:  # FD-CLIP reuses the sample embeddings (CLIPImageFeatures == encode_images)
         results["fid"] = _fid(cfg, st.scorer, st.clip_name, st.images["adapted"], st.images["source"],
-                              st.emb["adapted"], st.emb["source"], st.notes)
+                              st.emb["adapted"], st.emb["source"], st.notes, st.device)
     lp = st.lp
     metrics = {
         "command": "eval", "versions": _versions(),
@@ -445,33 +505,39 @@ def run(cfg: EvalConfig) -> EvalResult:
     return EvalResult(out, metrics_path, report_path, metrics, st.warnings + st.notes, time.time() - t0)
 
 
-def _fid(cfg: EvalConfig, scorer, clip_name: str, imgs_ad, imgs_src, emb_ad, emb_src, notes: list[str]) -> dict:
+def _fid(cfg: EvalConfig, scorer, clip_name: str, imgs_ad, imgs_src, emb_ad, emb_src, notes: list[str],
+         device: torch.device) -> dict:
     kw = dict(kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
     same = imgs_src is imgs_ad
+    feature = _fid_feature(cfg)
     if cfg.reference is None:
         notes.append("no --reference: FID/KID compare the adapted samples with the source samples (distance from "
                      "the source domain), not with a target dataset")
-    if cfg.fid_feature == "inception":
-        ref = (lambda: fid.load_reference_images(cfg.reference, imgs_ad.shape[-1], cfg.max_reference_images,
-                                                 cfg.batch_size)) if cfg.reference else (lambda: imgs_src)
-        res = {"adapted": fid.compute_fid_kid("inception", ref(), imgs_ad, batch_size=cfg.batch_size, **kw)}
-        if cfg.reference is not None:
-            res["source"] = res["adapted"] if same else fid.compute_fid_kid("inception", ref(), imgs_src,
-                                                                             batch_size=cfg.batch_size, **kw)
+    batches = (lambda: fid.load_reference_images(cfg.reference, imgs_ad.shape[-1], cfg.max_reference_images,
+                                                 cfg.batch_size))
+    if feature == "inception":
+        extractor = inception.load_inception(cfg.inception_weights, sha256=cfg.inception_sha256,
+                                             preprocess=cfg.fid_inception_preprocess).to(device)
+        if not extractor.source["published_weights"]:
+            notes.append(f"the Inception weights {extractor.source['weights']} are not the published file (sha256 "
+                         f"{extractor.source['sha256'][:16]}...): FID/KID are not comparable with papers")
+        name = "inception" if cfg.fid_inception_preprocess == "tensorflow" else "inception:pytorch-fid"
+        info = dict(extractor.source)
+        feats_ad = fid.extract_features(extractor, imgs_ad, cfg.batch_size)
+        feats_src = feats_ad if same else fid.extract_features(extractor, imgs_src, cfg.batch_size)
+        ref_feats = feats_src if cfg.reference is None else fid.extract_features(extractor, batches(),
+                                                                                 cfg.batch_size)
     else:
-        name = f"clip:{clip_name}"
-        if cfg.reference is None:
-            ref_feats = emb_src
-        else:
-            batches = fid.load_reference_images(cfg.reference, imgs_ad.shape[-1], cfg.max_reference_images,
-                                                cfg.batch_size)
-            ref_feats = clip_metrics.encode_images(scorer, batches, cfg.batch_size)
-        res = {"adapted": fid.fid_kid_from_features(ref_feats, emb_ad, feature_name=name, **kw)}
-        if cfg.reference is not None:
-            res["source"] = res["adapted"] if same else fid.fid_kid_from_features(ref_feats, emb_src,
-                                                                                  feature_name=name, **kw)
-    return {"reference": str(cfg.reference) if cfg.reference else "source samples", "feature": cfg.fid_feature,
-            **{k: v.to_dict() for k, v in res.items()}}
+        name, info = f"clip:{clip_name}", {"clip_model": clip_name}
+        feats_ad, feats_src = emb_ad, emb_src
+        ref_feats = emb_src if cfg.reference is None else clip_metrics.encode_images(scorer, batches(),
+                                                                                      cfg.batch_size)
+    res = {"adapted": fid.fid_kid_from_features(ref_feats, feats_ad, feature_name=name, **kw)}
+    if cfg.reference is not None:
+        res["source"] = res["adapted"] if same else fid.fid_kid_from_features(ref_feats, feats_src,
+                                                                              feature_name=name, **kw)
+    return {"reference": str(cfg.reference) if cfg.reference else "source samples", "feature": feature,
+            "extractor": info, **{k: v.to_dict() for k, v in res.items()}}
 
 
 @torch.no_grad()

@@ -49,6 +49,9 @@ def export_coco(cfg: ExportCocoConfig) -> ExportCocoResult:
     if output.exists() and output.is_dir():
         raise ValueError(f"OUTPUT: {output} is a folder; give a .json file name")
     records = load_annotations(cfg.dataset)
+    if records and records[0].get("format") == "dst3d":
+        raise ValueError(f"DATASET: {cfg.dataset} is a 3D-DST dataset (.npy poses); COCO export needs adapt3d's "
+                         "annotations (boxes, masks, keypoints): make it with adapt3d synth")
     coco = to_coco(records, cfg.dataset, only_kept=cfg.only_kept, segmentation=cfg.segmentation)
     atomic_write_json(output, coco)
     return ExportCocoResult(out=output, images=len(coco["images"]),

@@ -30,6 +30,7 @@ from adapt3d.training.config import FinetuneConfig, options_for_identity, valida
 from adapt3d.training.distributed import barrier, init_distributed, world_info
 from adapt3d.training.loop import FinetuneOutput, Trainer, TrainingDiverged
 from adapt3d.training.run_folder import RunFolder, check_writable_folder
+from adapt3d.training.schedules import resolve_rendering_schedule, uses_official_weights
 
 __all__ = ["FinetuneConfig", "FinetuneOutput", "TrainingDiverged", "run", "default_discriminator",
            "check_dataset_for_generator", "prepare_dataset"]
@@ -126,10 +127,19 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
     G, D, dataset, source, notes = _components(cfg, info, batch_gpu)
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
+    schedule = resolve_rendering_schedule(
+        cfg.neural_rendering_schedule, cfg.neural_rendering_resolution, cfg.neural_rendering_resolution_final,
+        cfg.neural_rendering_resolution_fade_kimg, int(G.neural_rendering_resolution),
+        official=uses_official_weights(G, from_checkpoint=cfg.generator is not None))
+    notes.append(f"neural rendering resolution: {schedule.mode} schedule, " + (
+        f"{schedule.initial} px rising to {schedule.final} px over {schedule.fade_kimg:g} kimg (this run: "
+        f"{schedule.at(0)}-{schedule.at((max(1, math.ceil(cfg.kimg * 1000 / cfg.batch)) - 1) * cfg.batch)} px)"
+        if schedule.final is not None else f"{schedule.initial} px throughout"))
     run_folder.write_options({
         "identity": identity,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
         "resolved": {"world_size": info.world_size, "batch_gpu": batch_gpu, "device": str(device),
+                     "neural_rendering": schedule.to_dict(),
                      "generator": source, "dataset_images": dataset.num_images, "dataset_items": len(dataset),
                      "resume_from": str(resume_from) if resume_from else None},
         "notes": notes})

@@ -29,7 +29,7 @@ from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
 from adapt3d.export.video import write_video
 from adapt3d.pipelines.render import check_output_folder, default_cameras, latents, resolve_device
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_text, check_view_outputs, parse_seeds
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
 
@@ -100,6 +100,7 @@ def validate(cfg: GenerateConfig) -> list[int]:
     seeds = parse_seeds(cfg.seeds)
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         raise ValueError("--prompt: empty; describe the portrait, e.g. 'a portrait of an elf with silver hair'")
+    check_text(cfg.prompt, "--prompt", "prompt")
     ck = Path(cfg.checkpoint).expanduser()
     if not (ck / "checkpoint.json").is_file():
         raise ValueError(f"--checkpoint: {ck} is not a checkpoint folder (no checkpoint.json); pass the final/ or a "
@@ -111,6 +112,8 @@ def validate(cfg: GenerateConfig) -> list[int]:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames, mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none"
+                       else None, yaw_deg=cfg.yaw_deg, pitch_deg=cfg.pitch_deg)
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     return seeds

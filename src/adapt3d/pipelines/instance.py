@@ -95,6 +95,11 @@ class InstanceConfig:
     """Fine-tuning batch size (default 20; tiny: 4)."""
     freeze: tuple[str, ...] = ()
     """Generator parts kept fixed while fine-tuning (mapping, backbone, b4 ... b256, decoder, superresolution)."""
+    neural_rendering_schedule: Literal["auto", "datid3d", "fixed"] = "auto"
+    """Fine-tuning render resolution (see adapt3d finetune --help): auto = DATID-3D's 64 -> 128 schedule for
+    official 512 px weights, the generator's resolution for --preset."""
+    augment_ops: tuple[str, ...] = ("xflip", "xint", "color")
+    """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default 10; tiny: half the run)."""
     seeds: str = "0-3"
@@ -147,6 +152,7 @@ def stage_configs(cfg: InstanceConfig):
     train = FinetuneConfig(
         dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, **source, kimg=kimg,
         batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
+        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
         snapshot_kimg=_pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
         sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     shows = RenderConfig(
@@ -166,7 +172,7 @@ def validate(cfg: InstanceConfig) -> dict:
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
-    from adapt3d.utils.parsing import parse_seeds
+    from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, check_view_outputs, parse_seeds
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     if (cfg.instance_seed is None) == (cfg.instance_latent is None):
@@ -178,15 +184,14 @@ def validate(cfg: InstanceConfig) -> dict:
         raise ValueError("--instance-seed/--instance-latent: instance-selected adaptation runs in one process; "
                          "start it without torchrun")
     latent = load_latent(cfg.instance_latent, "--instance-latent") if cfg.instance_latent is not None else None
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if not prompts:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
     numbers, train, shows = stage_configs(cfg)
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, numbers["num_inference_steps"], "pndm",
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_view"):
-        if numbers[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {numbers[name]}")
+        check_int(numbers[name], f"--{name.replace('_', '-')}", 1, MAX_NUM_IMAGES)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
     if not 0 <= cfg.trunc <= 2:
@@ -194,9 +199,7 @@ def validate(cfg: InstanceConfig) -> dict:
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
     parse_seeds(cfg.seeds)
-    if shows.video_frames < 1 or shows.mesh_resolution < 8:
-        raise ValueError(f"--video-frames must be >= 1 and --mesh-resolution >= 8, got {shows.video_frames}, "
-                         f"{shows.mesh_resolution}")
+    check_view_outputs(video_frames=shows.video_frames, mesh_resolution=shows.mesh_resolution)
     validate_finetune_config(train)
     tiny = cfg.preset == "tiny"
     clip = None if cfg.clip_model == "none" else (

@@ -38,6 +38,7 @@ import numpy as np
 import tyro
 
 from adapt3d.pipelines.render import check_output_folder, resolve_device
+from adapt3d.utils.parsing import check_view_outputs
 
 __all__ = ["InvertConfig", "InvertResult", "run", "validate"]
 
@@ -173,6 +174,8 @@ def validate(cfg: InvertConfig) -> dict:
             raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames,
+                       mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none" else None)
     for name in ("mse_weight", "clip_weight"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             raise ValueError(f"{_flag(name)}: must be >= 0, got {getattr(cfg, name)}")

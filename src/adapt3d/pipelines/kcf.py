@@ -31,6 +31,7 @@ from adapt3d.dst.kcf import PoseTrainConfig, SmallPoseCNN, angle_bins, kfold_spl
     train_pose_model
 from adapt3d.pipelines.render import check_output_folder, resolve_device
 from adapt3d.utils.io import atomic_write_json, atomic_write_text
+from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 
 @dataclass
@@ -58,7 +59,11 @@ class KcfConfig:
     num_bins: int = 41
     """Bins per angle (3D-DST: 41)."""
     model: str = "small-cnn"
-    """'small-cnn' (from scratch) or 'module:function' returning an nn.Module (called with num_outputs=3*bins)."""
+    """'small-cnn' (from scratch, offline), 'resnet' (a pretrained ResNet from --backbone, as 3D-DST's ResNet-50) or
+    'module:function' returning an nn.Module (called with num_outputs=3*bins)."""
+    backbone: Path | None = None
+    """With --model resnet: a transformers ResNet folder (config.json + weights) or a torchvision-layout ResNet state
+    dict (.safetensors/.pt/.pth); see adapt3d.dst.kcf_backbones. 3D-DST uses ResNet-50 at --image-size 256."""
     width: int = 32
     """Channel width of small-cnn (its blocks have width, 2x, 4x, 4x channels)."""
     init_weights: Path | None = None
@@ -88,7 +93,9 @@ def _load_state(path: Path) -> dict:
         from safetensors.torch import load_file
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, f"--init-weights {path}")
+    except OldTorchError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling refusal or corrupt file
         raise ValueError(f"--init-weights: {path} is not a plain state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):
@@ -99,8 +106,19 @@ def _load_state(path: Path) -> dict:
 def model_factory(cfg: KcfConfig) -> Callable[[], nn.Module]:
     """A function building a fresh pose model per fold (validated once here)."""
     n_out = 3 * cfg.num_bins
+    if cfg.backbone is not None and cfg.model != "resnet":
+        raise ValueError(f"--backbone: only used with --model resnet (got --model {cfg.model})")
     if cfg.model == "small-cnn":
         build = lambda: SmallPoseCNN(cfg.num_bins, width=cfg.width)  # noqa: E731
+    elif cfg.model == "resnet":
+        import copy
+
+        from adapt3d.dst.kcf_backbones import PretrainedResNetPose, load_resnet_backbone
+        if cfg.backbone is None:
+            raise ValueError("--model resnet: give --backbone, a transformers ResNet folder or a torchvision-layout "
+                             "ResNet state dict (no weights are downloaded)")
+        pretrained = load_resnet_backbone(cfg.backbone)
+        build = lambda: PretrainedResNetPose(copy.deepcopy(pretrained), n_out)  # noqa: E731
     elif ":" in cfg.model:
         module_name, fn_name = cfg.model.split(":", 1)
         try:
@@ -109,7 +127,7 @@ def model_factory(cfg: KcfConfig) -> Callable[[], nn.Module]:
             raise ValueError(f"--model: cannot import {cfg.model!r} ({e})") from e
         build = lambda: fn(num_outputs=n_out)  # noqa: E731
     else:
-        raise ValueError(f"--model: {cfg.model!r} must be 'small-cnn' or 'module:function'")
+        raise ValueError(f"--model: {cfg.model!r} must be 'small-cnn', 'resnet' or 'module:function'")
     state = _load_state(cfg.init_weights) if cfg.init_weights else None
 
     def make() -> nn.Module:
@@ -176,8 +194,8 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     bar = lambda it, **kw: tqdm(it, disable=not cfg.progress, **kw)  # noqa: E731
     images = _load_images(root, records, cfg.image_size, bar)
     bins = angle_bins([r["azimuth"] for r in records], [r["elevation"] for r in records],
-                      [r.get("theta", 0.0) for r in records], cfg.num_bins)
-    files = [r["_file"] for r in records]
+                      [r.get("inplane_rotation", r.get("theta", 0.0)) for r in records], cfg.num_bins)
+    files = [r["image"] if r.get("format") == "dst3d" else r["_file"] for r in records]  # one key per image
     folds = kfold_split(len(records), cfg.folds, cfg.seed)
     train_cfg = PoseTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, num_bins=cfg.num_bins)
     signature = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
@@ -212,6 +230,8 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     atomic_write_text(out / "kept.txt", "".join(f"{f}\n" for f in result.kept))
     atomic_write_text(out / "removed.txt", "".join(f"{f}\n" for f in result.removed))
     for r, loss, k, fold in zip(records, losses, keep, fold_of):
+        if r.get("format") == "dst3d":  # 3D-DST's .npy annotations stay untouched; kcf/ holds the result
+            continue
         data = json.loads((root / r["_file"]).read_text())
         data["kcf"] = {"loss": float(loss), "fold": int(fold), "kept": bool(k)}
         atomic_write_json(root / r["_file"], data)

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,7 @@ from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, read_prompt_file
 
 __all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
 
@@ -77,6 +79,9 @@ class MakeDatasetConfig:
     """Number of w layers truncated (None = all; DATID-3D's 14 = all for 512 px FFHQ)."""
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Render-camera sampler (sinusoidal = DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
+    camera_pivot: tuple[float, float, float] | None = None
+    """Point (x y z, world units) the render and mapping cameras look at. None: DATID-3D's choice for the source:
+    0 0 0.05 for cat (AFHQ) generators, 0 0 0.2 for FFHQ ones, otherwise the generator's avg_camera_pivot."""
     diffusion: str = "auto"
     """SD 1.x/2.x img2img model: Hugging Face id, local folder, or 'tiny'; auto = tiny with --preset tiny, else
     stabilityai/stable-diffusion-2-1-base."""
@@ -150,13 +155,9 @@ def _flag(name: str) -> str:
 
 
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
-    prompts = [p.strip() for p in cfg.prompt]
+    prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if cfg.prompt_file is not None:
-        path = Path(cfg.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompt-file: {path} does not exist")
-        prompts += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and not ln.strip().startswith("#")]
+        prompts += read_prompt_file(cfg.prompt_file)
     if not prompts:
         raise ValueError("--prompt: give at least one prompt (--prompt 'a zombie' or --prompt-file prompts.txt)")
     if any(not p for p in prompts):
@@ -199,8 +200,7 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_source", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+        check_int(getattr(cfg, name), _flag(name), 1, MAX_NUM_IMAGES)
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
     if not 0 <= cfg.trunc <= 2:
@@ -236,6 +236,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
         "scheduler": cfg.scheduler, "diffusion_resolution": cfg.diffusion_resolution, "clip_model": clip_name,
         "pose_filter": cfg.pose_filter, "pose_step": cfg.pose_step, "pose_rings": cfg.pose_rings, "seed": cfg.seed,
         "batch_size": cfg.batch_size}
+    if cfg.camera_pivot is not None:  # only when given, so that older job folders keep their fingerprint
+        if len(cfg.camera_pivot) != 3 or not all(math.isfinite(float(v)) for v in cfg.camera_pivot):
+            raise ValueError(f"--camera-pivot: expected three finite numbers x y z, got {cfg.camera_pivot!r}")
+        fingerprint["camera_pivot"] = [float(v) for v in cfg.camera_pivot]
     job = _Job(prompts, plan, diffusion, clip_name, fingerprint, shard)
     check_output_folder(cfg.out)
     check_job_folder(shard_dir(cfg.out, *shard) if shard else cfg.out, job)
@@ -399,11 +403,20 @@ def load_models(cfg: MakeDatasetConfig, job: _Job, need_generation: bool) -> dic
     if need_generation:
         loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
         models["G"] = loaded.generator.to(device).eval().requires_grad_(False)
-        models["notes"] += loaded.notes
+        models["notes"] += loaded.notes + [_set_camera_pivot(models["G"], cfg.camera_pivot)]
         models["translator"] = Img2ImgTranslator.from_pretrained(job.diffusion, device=device,
                                                                  scheduler=cfg.scheduler)
     models["scorer"] = CLIPScorer.from_pretrained(job.clip, device=device) if job.clip else None
     return models
+
+
+def _set_camera_pivot(G, pivot) -> str:
+    """Point the source generator's default cameras (renders and mapping) at ``pivot`` or DATID-3D's choice."""
+    from adapt3d.models.known_models import datid3d_data_pivot
+    chosen = [float(v) for v in pivot] if pivot is not None else datid3d_data_pivot(G.rendering)
+    G.rendering = replace(G.rendering, avg_camera_pivot=chosen)
+    how = "--camera-pivot" if pivot is not None else "DATID-3D's choice for this generator"
+    return f"cameras look at {chosen} ({how})"
 
 
 def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatasetResult) -> MakeDatasetResult:

@@ -29,7 +29,7 @@ from adapt3d.models.cpu_kernels import kernel_status
 from adapt3d.models.ops import current_conv3x3_algorithm
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.parsing import check_view_outputs, parse_seeds
 
 
 @dataclass
@@ -125,6 +125,8 @@ def validate(cfg: RenderConfig) -> list[int]:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames, mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none"
+                       else None, yaw_deg=cfg.yaw_deg, pitch_deg=cfg.pitch_deg)
     resolve_device(cfg.device)
     if cfg.latent is not None:
         from adapt3d.inversion.latent_file import load_latent

@@ -39,6 +39,9 @@ class StudioConfig:
     default. There is no authentication: anyone who can reach the port can start jobs."""
     runs: Path = Path("runs")
     """Runs folder: jobs write here, and it is the only folder whose files the studio serves."""
+    allow_inputs: tuple[Path, ...] = ()
+    """More folders whose files studio jobs may read (datasets, meshes, model folders). Job inputs must lie under
+    --runs, one of these, or be the --checkpoint/--compare files; any other path in a job form is refused."""
     preset: str | None = None
     """Generator loaded into slot A at start: a built-in preset (tiny is the offline demo)."""
     checkpoint: str | None = None
@@ -94,6 +97,9 @@ def validate(cfg: StudioConfig) -> None:
         check_generator_source(cfg.preset, cfg.checkpoint)
     if cfg.compare is not None and cfg.compare not in PRESETS:
         check_generator_source(None, cfg.compare, flag="--compare")
+    for folder in cfg.allow_inputs:
+        if not Path(folder).expanduser().is_dir():
+            raise ValueError(f"--allow-inputs: {folder} is not a folder")
     resolve_device(cfg.device)
     check_output_folder(cfg.runs, arg="--runs")
 
@@ -116,7 +122,8 @@ def build_server(cfg: StudioConfig, cwd: Path | None = None):
                    checkpoint=None if cfg.compare in PRESETS else allowed[-1])
     jobs = JobManager(root, max_running=cfg.max_jobs, cwd=cwd)
     app = StudioApp(root, slots, jobs, max_upload_bytes=int(cfg.max_upload_mb * (1 << 20)),
-                    max_upload_pixels=cfg.max_upload_pixels, default_preset=cfg.preset)
+                    max_upload_pixels=cfg.max_upload_pixels, default_preset=cfg.preset,
+                    input_roots=tuple(Path(f).expanduser().resolve() for f in cfg.allow_inputs))
     return StudioServer(app, _host(cfg), cfg.port, verbose=cfg.verbose)
 
 

@@ -17,8 +17,15 @@ Algorithm (vectorised, no per-pixel Python loop):
 5. z-buffer: per pixel the smallest depth wins (``scatter_reduce('amin')``), ties go to the lower face index.
 
 Faces with a vertex at or behind ``near`` (camera-frame z) are skipped, not clipped; keep the camera outside the
-object. Shading: ``albedo * (ambient + diffuse * |n . l|)`` with a head light (l = direction to the camera) and flat
-(face) or smooth (vertex) normals. Normals are returned in world coordinates, turned to face the camera.
+object. Shading (Lambertian): ``albedo * (ambient + diffuse * max(n . l, 0))`` with flat (face) or smooth (vertex)
+normals turned to face the camera, and either a head light (``light_direction=None``: l = direction from the point to
+the camera, so every visible face is lit) or a directional light (``light_direction`` = unit vector from the surface
+towards the light, in world coordinates). Normals are returned in world coordinates, turned to face the camera.
+
+Albedo: per-vertex or per-face colours, and/or per-face materials with a base colour and an optional UV texture
+(:class:`adapt3d.rendering.texture.MeshTextures`), sampled trilinearly from a mip pyramid at the pixel's
+perspective-correct UV; the pixel's texel footprint comes from the UVs of the same face's plane at the neighbouring
+pixel centres (exact screen-space derivatives, also at silhouettes).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from adapt3d.rendering.texture import MeshTextures, sample_trilinear
 
 __all__ = ["MeshRasterConfig", "MeshRenderOutput", "rasterize_mesh", "face_normals", "vertex_normals"]
 
@@ -40,7 +49,9 @@ class MeshRasterConfig:
     ambient: float = 0.35
     """Ambient light term in [0, 1]."""
     diffuse: float = 0.65
-    """Head-light Lambertian term in [0, 1]."""
+    """Lambertian term in [0, 1] (scaled by the light's cosine)."""
+    light_direction: tuple[float, float, float] | None = None
+    """World-space direction from the surface towards a directional light (normalised here); None = head light."""
     smooth: bool = False
     """Interpolate area-weighted vertex normals (True) or use flat face normals (False)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -75,7 +86,7 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     return acc / torch.linalg.vector_norm(acc, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _check_inputs(vertices, faces, cam2world, intrinsics, resolution, colors):
+def _check_inputs(vertices, faces, cam2world, intrinsics, resolution, colors, textures=None):
     if not isinstance(vertices, Tensor) or vertices.dim() != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be a tensor (V, 3), got {getattr(vertices, 'shape', type(vertices))}")
     if not isinstance(faces, Tensor) or faces.dim() != 2 or faces.shape[1] != 3 or faces.is_floating_point():
@@ -92,6 +103,10 @@ def _check_inputs(vertices, faces, cam2world, intrinsics, resolution, colors):
     if colors is not None and (colors.dim() != 2 or colors.shape[1] != 3 or
                                colors.shape[0] not in (vertices.shape[0], faces.shape[0])):
         raise ValueError(f"colors must be (V, 3) per vertex or (F, 3) per face in [0, 1], got {tuple(colors.shape)}")
+    if textures is not None:
+        if not isinstance(textures, MeshTextures):
+            raise ValueError(f"textures must be a MeshTextures, got {type(textures).__name__}")
+        textures.check(vertices.shape[0], faces.shape[0])
     return h, w
 
 
@@ -117,15 +132,17 @@ def rasterize_mesh(
     resolution: int | tuple[int, int],
     colors: Tensor | None = None,
     config: MeshRasterConfig | None = None,
+    textures: MeshTextures | None = None,
 ) -> MeshRenderOutput:
     """Render a triangle mesh at one pinhole camera (see the module docstring for conventions).
 
     vertices (V, 3) world coordinates; faces (F, 3) int; cam2world (4, 4) OpenCV; intrinsics (3, 3) normalised;
-    resolution: int (square) or (height, width); colors: (V, 3) or (F, 3) albedo in [0, 1] (default light grey).
-    Computation runs on ``vertices.device`` in float32 (float64 inputs stay float64).
+    resolution: int (square) or (height, width); colors: (V, 3) or (F, 3) albedo in [0, 1]; textures: per-face
+    materials (base colour times UV texture, multiplied with ``colors`` when both are given). Without either the
+    albedo is light grey (0.8). Computation runs on ``vertices.device`` in float32 (float64 inputs stay float64).
     """
     cfg = config or MeshRasterConfig()
-    h, w = _check_inputs(vertices, faces, cam2world, intrinsics, resolution, colors)
+    h, w = _check_inputs(vertices, faces, cam2world, intrinsics, resolution, colors, textures)
     device = vertices.device
     dtype = vertices.dtype if vertices.dtype == torch.float64 else torch.float32
     verts = vertices.to(dtype)
@@ -169,7 +186,8 @@ def rasterize_mesh(
                 winner.scatter_reduce_(0, pix[at_min], face[at_min], reduce="amin")
     winner = torch.where(winner < no_face, winner, torch.full_like(winner, -1))
     bary = _winner_barycentrics(fx, fy, fz, area, winner, w, dtype)
-    return _shade(verts, faces, winner, bary, zbuf, c2w, colors, cfg, h, w)
+    albedo = _albedo(verts, faces, winner, bary, colors, textures, (fx, fy, fz, area), w)
+    return _shade(verts, faces, winner, bary, zbuf, c2w, albedo, cfg, h, w)
 
 
 def _edge_weights(ax: Tensor, ay: Tensor, cx: Tensor, cy: Tensor, area: Tensor) -> Tensor:
@@ -206,7 +224,59 @@ def _winner_barycentrics(fx, fy, fz, area, winner: Tensor, w: int, dtype) -> Ten
     return bary
 
 
-def _shade(verts, faces, winner, bary, zbuf, c2w, colors, cfg: MeshRasterConfig, h: int, w: int) -> MeshRenderOutput:
+def _perspective_barycentrics(fx, fy, fz, area, f: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
+    """Perspective-correct barycentrics (P, 3) of screen points (cx, cy) in the planes of faces ``f`` (P,), not
+    clamped: points outside a triangle get the coordinates of its plane's extension (for texture derivatives)."""
+    screen = _edge_weights(fx[f], fy[f], cx, cy, area[f]) / fz[f]
+    return screen / screen.sum(1, keepdim=True)
+
+
+def _albedo(verts, faces, winner, bary, colors, textures: MeshTextures | None, face_screen, w: int) -> Tensor:
+    """Albedo (n, 3) of the covered pixels, in the order of ``winner >= 0``."""
+    dtype, device = verts.dtype, verts.device
+    hit = winner >= 0
+    idx = winner[hit]
+    b = bary[hit]  # (n, 3)
+    albedo = torch.ones(idx.numel(), 3, dtype=dtype, device=device)
+    if colors is None and textures is None:
+        return albedo * 0.8
+    if colors is not None:
+        colors = colors.to(device=device, dtype=dtype)
+        if colors.shape[0] == faces.shape[0] and colors.shape[0] != verts.shape[0]:
+            albedo = albedo * colors[idx]
+        else:
+            albedo = albedo * (colors[faces[idx]] * b[..., None]).sum(1)
+    if textures is None:
+        return albedo
+    mat = textures.face_material.to(device)[idx]  # (n,)
+    albedo = albedo * textures.base_colors.to(device=device, dtype=dtype)[mat]
+    if textures.uv is None or all(img is None for img in textures.images):
+        return albedo
+    uv = textures.uv.to(device=device, dtype=dtype)
+    tri_uv = uv[faces[idx]]  # (n, 3, 2)
+    uv_pix = (tri_uv * b[..., None]).sum(1)  # (n, 2) perspective-correct UV at the pixel centre
+    fx, fy, fz, area = face_screen
+    pix = torch.nonzero(hit).flatten()
+    cx = (pix % w).to(dtype) + 0.5
+    cy = torch.div(pix, w, rounding_mode="floor").to(dtype) + 0.5
+    uv_dx = (tri_uv * _perspective_barycentrics(fx, fy, fz, area, idx, cx + 1, cy)[..., None]).sum(1) - uv_pix
+    uv_dy = (tri_uv * _perspective_barycentrics(fx, fy, fz, area, idx, cx, cy + 1)[..., None]).sum(1) - uv_pix
+    for m, image in enumerate(textures.images):
+        sel = torch.nonzero(mat == m).flatten()
+        if image is None or sel.numel() == 0:
+            continue
+        levels = textures.pyramid(m) if textures.mip else [image]
+        levels = [lv.to(device=device) for lv in levels]
+        th, tw = image.shape[1:]
+        scale = torch.tensor([tw, th], dtype=dtype, device=device)
+        rho = torch.maximum(torch.linalg.vector_norm(uv_dx[sel] * scale, dim=-1),
+                            torch.linalg.vector_norm(uv_dy[sel] * scale, dim=-1))
+        lod = torch.log2(rho.clamp_min(1e-12)).clamp_min(0) if textures.mip else torch.zeros_like(rho)
+        albedo[sel] = albedo[sel] * sample_trilinear(levels, uv_pix[sel], torch.nan_to_num(lod, nan=0.0))
+    return albedo
+
+
+def _shade(verts, faces, winner, bary, zbuf, c2w, albedo, cfg: MeshRasterConfig, h: int, w: int) -> MeshRenderOutput:
     dtype, device = verts.dtype, verts.device
     hit = winner >= 0
     idx = winner[hit]
@@ -222,13 +292,13 @@ def _shade(verts, faces, winner, bary, zbuf, c2w, colors, cfg: MeshRasterConfig,
     to_cam = to_cam / torch.linalg.vector_norm(to_cam, dim=-1, keepdim=True).clamp_min(1e-12)
     facing = (n * to_cam).sum(-1, keepdim=True)
     n = torch.where(facing < 0, -n, n)
-    shade = cfg.ambient + cfg.diffuse * facing.abs()
-    if colors is None:
-        albedo = torch.full((idx.numel(), 3), 0.8, dtype=dtype, device=device)
-    elif colors.shape[0] == faces.shape[0] and colors.shape[0] != verts.shape[0]:
-        albedo = colors.to(device=device, dtype=dtype)[idx]
+    if cfg.light_direction is None:
+        cosine = facing.abs()
     else:
-        albedo = (colors.to(device=device, dtype=dtype)[faces[idx]] * b[..., None]).sum(1)
+        light = torch.tensor(cfg.light_direction, dtype=dtype, device=device)
+        light = light / torch.linalg.vector_norm(light).clamp_min(1e-12)
+        cosine = (n * light).sum(-1, keepdim=True).clamp_min(0)
+    shade = cfg.ambient + cfg.diffuse * cosine
     rgb = torch.empty(h * w, 3, dtype=dtype, device=device)
     rgb[:] = torch.tensor(cfg.background, dtype=dtype, device=device)
     rgb[hit] = (albedo * shade).clamp(0, 1)

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import re
 import shlex
 import sys
@@ -308,6 +309,24 @@ def error_field(message: str, fields: list[FormField]) -> str | None:
         if token.startswith("--no-") and "--" + token[5:] in flags:
             return flags["--" + token[5:]]
     return None
+
+
+def confined_candidates(value: Any, cwd: Path) -> list[str]:
+    """The parts of a job option that name files it would read: Path values, and strings that look like a path
+    (absolute, '~', './', '../', or an existing file or folder) and are not a preset or known checkpoint name."""
+    if isinstance(value, (list, tuple)):
+        return [c for v in value for c in confined_candidates(v, cwd)]
+    if isinstance(value, Path):
+        return [str(value)]
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        return []
+    from adapt3d.models.hub import known_checkpoints
+    from adapt3d.models.triplane import PRESETS
+    if value in PRESETS or value.lower().replace("_", "-") in known_checkpoints() or value == "tiny":
+        return []
+    parts = [p for p in value.split(";")] if ";" in value else [value]
+    return [p for p in parts if p.strip() and (os.path.isabs(p) or p.startswith(("~", "./", "../"))
+                                               or (cwd / p).exists())]
 
 
 def check_job(command: str, config_cls: type, run_fn: Callable | None, values: dict[str, Any],

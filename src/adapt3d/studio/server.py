@@ -17,7 +17,10 @@ API (all JSON unless said otherwise; POST bodies are JSON except uploads)::
     GET  /files/<path>           a file under the runs folder (nothing else is ever served)
 
 Requests whose Host header is not this server's address are refused while it listens on loopback (DNS
-rebinding), and POSTs from another origin are refused (cross-site requests).
+rebinding), POSTs from another origin are refused (cross-site requests), and so are API and file requests that
+the browser marks as coming from another site (``Sec-Fetch-Site: cross-site`` / ``same-site``, or a foreign
+``Origin``), so that another page cannot make the studio render for it. Paths in job forms must lie under the
+runs folder, an ``--allow-inputs`` folder, or be the studio's own ``--checkpoint``/``--compare``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from adapt3d.studio.explore import SLOTS, ExploreError, GeneratorSlots, ViewRequest
 from adapt3d.studio.files import (PathRefused, UploadRefused, find_checkpoints, find_latents, list_runs,
                                   resolve_under, run_detail, save_upload)
-from adapt3d.studio.forms import FieldError, JobCheck, check_job, form_fields
+from adapt3d.studio.forms import FieldError, JobCheck, check_job, confined_candidates, form_fields
 from adapt3d.studio.jobs import JobError, JobManager
+from adapt3d.utils.io import remove_empty_tree
 
 __all__ = ["StudioApp", "StudioServer", "job_commands"]
 
@@ -73,6 +77,7 @@ class StudioApp:
     max_upload_bytes: int = 10 << 20
     max_upload_pixels: int = 4096 * 4096
     default_preset: str | None = None
+    input_roots: tuple[Path, ...] = ()  # besides runs_root: folders whose files jobs may read (--allow-inputs)
 
     def relative_root(self) -> str:
         try:
@@ -121,12 +126,39 @@ class StudioApp:
         if path == self.runs_root:
             raise FieldError("out", f"--out: give a folder inside the runs folder, not {self.runs_root} itself")
 
+    def _inputs_confined(self, cfg, fields) -> None:
+        """Every path a job would read lies under the runs folder, an --allow-inputs folder, or is one of the
+        studio's --checkpoint/--compare files: a form cannot make a job read (and publish) /etc/passwd."""
+        roots = (self.runs_root, *self.input_roots)
+        for ff in fields:
+            if ff.name == "out":
+                continue
+            for value in confined_candidates(getattr(cfg, ff.name, None), self.jobs.cwd):
+                path = (self.jobs.cwd / value).expanduser().resolve()
+                if any(path.is_relative_to(r) for r in roots) or str(path) in self.slots.allowed:
+                    continue
+                raise FieldError(ff.name, f"{ff.flag}: {value} is outside the folders studio jobs may read "
+                                          f"({', '.join(str(r) for r in roots)}); copy it into the runs folder or "
+                                          "start the studio with --allow-inputs <folder>")
+
     def check(self, body: dict) -> JobCheck:
         name, values = body.get("command"), body.get("values", {})
         if not isinstance(values, dict):
             raise HttpError(400, "values: expected an object {field: value}")
         cls, fn, _ = self._command(str(name))
-        return check_job(str(name), cls, fn, values, extra_check=self._out_inside_root)
+        new_out: list[Path] = []
+
+        def extra_check(cfg, fields) -> None:
+            self._out_inside_root(cfg, fields)
+            self._inputs_confined(cfg, fields)
+            out = getattr(cfg, "out", None)
+            if out is not None and not (self.jobs.cwd / Path(out)).exists():
+                new_out.append(self.jobs.cwd / Path(out))
+
+        result = check_job(str(name), cls, fn, values, extra_check=extra_check)
+        for folder in new_out:  # a check starts nothing: it leaves no (empty) output folder behind
+            remove_empty_tree(folder)
+        return result
 
     def start(self, body: dict) -> dict:
         result = self.check(body)
@@ -190,6 +222,16 @@ class _Handler(BaseHTTPRequestHandler):
         if origin is not None and urlsplit(origin).netloc.lower() != (self.headers.get("Host") or "").lower():
             raise HttpError(403, f"cross-origin request from {origin!r} refused")
 
+    def _check_fetch_site(self, path: str) -> None:
+        """API calls and files only from the studio's own page (or typed into the address bar): another site's
+        <img src=.../api/render> would otherwise make this machine render for it (Fetch Metadata)."""
+        if not path.startswith(("/api/", "/files/")):
+            return
+        site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+        if site in ("cross-site", "same-site"):
+            raise HttpError(403, f"{site} request refused: the studio's API answers only its own page")
+        self._check_origin()
+
     def _body(self, limit: int) -> bytes:
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -227,9 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, fn) -> None:
         try:
             self._check_host()
+            url = urlsplit(self.path)
             if self.command == "POST":
                 self._check_origin()
-            url = urlsplit(self.path)
+            self._check_fetch_site(url.path)
             fn(url.path, {k: v[-1] for k, v in parse_qs(url.query).items()})
         except HttpError as e:
             self._error(e.status, e.message)

@@ -2,8 +2,9 @@
 
 Defaults are DATID-3D's fine-tuning run (``eg3d/train.py`` as launched by ``datid3d_train.py --mode ft``, see
 shared/docs/upstream-datid3d-itportrait-nada.md §1.c) except where noted: layer freezing works (DATID-3D's flag
-froze nothing), ADA uses three cheap operations, and the neural rendering resolution stays at the generator's
-value unless a final value is given.
+froze nothing), and ADA uses three cheap operations by default (``--augment-ops bgc`` gives EG3D's twelve, with
+camera labels kept consistent). The neural rendering resolution follows DATID-3D's schedule (64 rising towards 128
+over 1000 kimg) for official 512 px weights, and stays at the generator's value for built-in presets.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from adapt3d.training.augment import expand_ops
+
 __all__ = ["FinetuneConfig", "validate_finetune_config", "RESUME_NEUTRAL_FIELDS", "options_for_identity"]
 
-AugmentOp = Literal["xflip", "xint", "color"]
+AugmentOp = Literal["bgc", "color", "xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness",
+                    "contrast", "lumaflip", "hue", "saturation"]
+NeuralRenderingSchedule = Literal["auto", "datid3d", "fixed"]
 
 
 @dataclass
@@ -72,13 +77,19 @@ class FinetuneConfig:
     """Half-life of the EMA generator in kimg; default batch * 10 / 32."""
     ema_rampup: float | None = None
     """EMA ramp-up ratio (None: off, as for fine-tuning)."""
+    neural_rendering_schedule: NeuralRenderingSchedule = "auto"
+    """Neural rendering resolution per step. datid3d: EG3D's train.py as DATID-3D launches it, 64 px rising linearly
+    to 128 px over --neural-rendering-resolution-fade-kimg, rint(64 + 64 * kimg / 1000) (64-77 px in a 200-kimg
+    run); fixed: the generator's resolution throughout; auto: datid3d for official 512 px FFHQ/AFHQ weights given
+    with --generator, fixed for --preset (and other) generators."""
     neural_rendering_resolution: int | None = None
-    """Initial neural rendering resolution; default: the generator's."""
+    """Initial neural rendering resolution in px (overrides the schedule's: 64 for datid3d, the generator's for
+    fixed)."""
     neural_rendering_resolution_final: int | None = None
-    """Final neural rendering resolution of a linear schedule (DATID-3D: 128 from 64 over 1000 kimg); None keeps
-    the initial value."""
+    """Final neural rendering resolution in px of the linear schedule (overrides the schedule's: 128 for datid3d,
+    none for fixed)."""
     neural_rendering_resolution_fade_kimg: float = 1000.0
-    """kimg over which the neural rendering resolution goes from initial to final."""
+    """kimg over which the neural rendering resolution goes from initial to final (DATID-3D: 1000)."""
     blur_sigma: float = 0.0
     """Initial std (pixels) of the blur on D's inputs, fading to 0 over --blur-fade-kimg (off for fine-tuning)."""
     blur_fade_kimg: float = 0.0
@@ -88,7 +99,9 @@ class FinetuneConfig:
     augment_p: float = 0.0
     """Initial (ada) or constant (fixed) augmentation probability."""
     augment_ops: tuple[AugmentOp, ...] = ("xflip", "xint", "color")
-    """Augmentations: xflip (with camera mirroring), xint (integer translation), color."""
+    """Augmentations (each with probability p): bgc = EG3D's full ADA pipeline (xflip rotate90 xint scale rotate
+    aniso xfrac brightness contrast lumaflip hue saturation), or any of those names; color = brightness contrast
+    saturation. Geometric ops move the camera label with the image (see adapt3d.training.augment)."""
     ada_target: float = 0.6
     """ADA target for E[sign(D(real))]."""
     ada_kimg: float = 100.0
@@ -168,9 +181,13 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int = 1) -> int:
             raise ValueError(f"--{name.replace('_', '-')}: must be in [0, 1], got {v}")
     if cfg.augment not in ("ada", "fixed", "none"):
         raise ValueError(f"--augment: expected 'ada', 'fixed' or 'none', got {cfg.augment!r}")
-    bad_ops = sorted(set(cfg.augment_ops) - {"xflip", "xint", "color"})
-    if bad_ops:
-        raise ValueError(f"--augment-ops: unknown {bad_ops}; choose from xflip, xint, color")
+    try:
+        expand_ops(cfg.augment_ops)
+    except ValueError as e:
+        raise ValueError(f"--augment-ops: {e}") from None
+    if cfg.neural_rendering_schedule not in ("auto", "datid3d", "fixed"):
+        raise ValueError(f"--neural-rendering-schedule: expected auto, datid3d or fixed, got "
+                         f"{cfg.neural_rendering_schedule!r}")
     if not 0 <= cfg.sample_trunc <= 2:
         raise ValueError(f"--sample-trunc: {cfg.sample_trunc} is outside [0, 2]")
     if world_size < 1:

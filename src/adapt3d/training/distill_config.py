@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from adapt3d.diffusion.sds import check_sds_args
+from adapt3d.utils.parsing import check_prompts, check_view_outputs, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
            "resolved_steps"]
@@ -149,13 +150,10 @@ def parse_prompts(spec: str, arg: str = "--prompts") -> list[str]:
     path = Path(spec).expanduser()
     if ";" not in spec and path.suffix in (".txt", ".prompts", ".lst") and not path.is_file():
         raise ValueError(f"{arg}: prompt file {path} does not exist")
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-        if not prompts:
-            raise ValueError(f"{arg}: {path} holds no prompt (one per line expected)")
+    if path.exists() and ";" not in spec:
+        prompts = read_prompt_file(path, arg)
     else:
-        prompts = [p.strip() for p in spec.split(";")]
+        prompts = [p.strip() for p in check_prompts(spec.split(";"), arg)]
         if any(not p for p in prompts):
             raise ValueError(f"{arg}: empty prompt in {spec!r}; separate prompts with ';'")
     if len(set(prompts)) != len(prompts):
@@ -207,6 +205,8 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation")
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
+    check_view_outputs(video_frames=cfg.video_frames,
+                       mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none" else None)
     if cfg.seed < 0:
         raise ValueError(f"--seed: must be >= 0, got {cfg.seed}")
     if not str(cfg.resume):

@@ -42,7 +42,8 @@ from adapt3d.training.config import FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import DistInfo, all_reduce_sum_, barrier, broadcast_module_
 from adapt3d.training.freeze import apply_freeze
 from adapt3d.training.run_folder import RunFolder, load_training_state
-from adapt3d.training.schedules import blur_sigma_at, ema_beta, neural_rendering_resolution_at, update_ema
+from adapt3d.training.schedules import (blur_sigma_at, ema_beta, resolve_rendering_schedule, update_ema,
+                                       uses_official_weights)
 from adapt3d.utils.parsing import parse_seeds
 
 __all__ = ["Trainer", "FinetuneOutput", "TrainingDiverged", "derive_seed", "FinetuneConfig"]
@@ -132,7 +133,10 @@ class Trainer:
         self.augment = AdaptiveAugment(cfg.augment, cfg.augment_p, tuple(cfg.augment_ops), cfg.ada_target,
                                        cfg.ada_kimg, cfg.ada_interval, cfg.batch)
         self.labels = dataset.labels.to(self.device)  # (N, 25) cameras for generated images
-        self.nrr_initial = cfg.neural_rendering_resolution or int(G.neural_rendering_resolution)
+        self.nrr_schedule = resolve_rendering_schedule(
+            cfg.neural_rendering_schedule, cfg.neural_rendering_resolution, cfg.neural_rendering_resolution_final,
+            cfg.neural_rendering_resolution_fade_kimg, int(G.neural_rendering_resolution),
+            official=uses_official_weights(G, from_checkpoint=cfg.generator is not None))
         self.ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
         self.update_w_avg = not any(n.startswith("backbone.mapping.") for n in self.frozen.frozen)
         self.total_steps = max(1, math.ceil(cfg.kimg * 1000 / cfg.batch))
@@ -296,8 +300,7 @@ class Trainer:
     def train_step(self, reals_u8: torch.Tensor, real_c: torch.Tensor) -> dict:
         """One optimiser step on this process's real images (per_process, 3, R, R) uint8 and labels (., 25)."""
         cfg = self.cfg
-        nrr = neural_rendering_resolution_at(self.nrr_initial, cfg.neural_rendering_resolution_final,
-                                             cfg.neural_rendering_resolution_fade_kimg, self.cur_nimg)
+        nrr = self.nrr_schedule.at(self.cur_nimg)
         swap_p = losses.gpc_swap_probability(cfg.gpc_reg_prob, self.cur_nimg, cfg.gpc_reg_fade_kimg)
         blur = blur_sigma_at(cfg.blur_sigma, cfg.blur_fade_kimg, self.cur_nimg)
         share = self.batch_gpu / cfg.batch

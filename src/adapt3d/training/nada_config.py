@@ -190,11 +190,13 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     """Checks that need no model; ValueError naming the flag, the value and what is expected."""
     from adapt3d.clip.directional import load_templates
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.utils.parsing import parse_seeds
+    from adapt3d.utils.parsing import check_text, check_view_outputs, parse_seeds
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     _check(bool(cfg.prompt and cfg.prompt.strip()), "prompt", cfg.prompt, "give the target text, e.g. 'Pixar "
            "character'")
+    check_text(cfg.prompt, "--prompt", "prompt")
+    check_text(cfg.source_text, "--source-text")
     _check(bool(cfg.source_text.strip()), "source-text", cfg.source_text, "a non-empty text, e.g. 'photo'")
     _check(cfg.prompt.strip() != cfg.source_text.strip(), "prompt", cfg.prompt, "a text different from "
            "--source-text")
@@ -210,6 +212,7 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
         v = resolved(cfg, name)
         _check(isinstance(v, int) and v >= 1, name.replace("_", "-"), v, "an integer >= 1")
     _check(resolved(cfg, "mesh_resolution") >= 8, "mesh-resolution", cfg.mesh_resolution, "an integer >= 8")
+    check_view_outputs(video_frames=resolved(cfg, "video_frames"), mesh_resolution=resolved(cfg, "mesh_resolution"))
     for name in ("yaw_range_deg", "pitch_range_deg"):
         lo, hi = getattr(cfg, name)
         _check(-89 <= lo <= hi <= 89, name.replace("_", "-"), getattr(cfg, name), "(min, max) degrees with "

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from adapt3d.models.checkpoint import save_checkpoint
-from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, replace_folder
+from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, removed_on_error, replace_folder
+from adapt3d.utils.torch_load import load_weights_only
 
 __all__ = ["RunFolder", "TRAINING_STATE", "check_writable_folder"]
 
@@ -170,9 +171,10 @@ class RunFolder:
             return dest
         tmp = self.snapshots_dir / f".tmp-{dest.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(tmp, G_ema, D, metadata=metadata)
-        with atomic_path(tmp / TRAINING_STATE) as t:
-            torch.save({"format": STATE_FORMAT, "version": 1, **state}, t)
+        with removed_on_error(tmp):  # a failed write (disk full) leaves no partial snapshot; older ones stay
+            save_checkpoint(tmp, G_ema, D, metadata=metadata)
+            with atomic_path(tmp / TRAINING_STATE) as t:
+                torch.save({"format": STATE_FORMAT, "version": 1, **state}, t)
         replace_folder(tmp, dest)
         return dest
 
@@ -180,7 +182,8 @@ class RunFolder:
         if self.is_main:
             tmp = self.out / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(tmp, G_ema, D, metadata=metadata)
+            with removed_on_error(tmp):
+                save_checkpoint(tmp, G_ema, D, metadata=metadata)
             replace_folder(tmp, self.final)
         return self.final
 
@@ -191,7 +194,7 @@ def load_training_state(snapshot: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"--resume: {snapshot} is not a training snapshot (no {TRAINING_STATE}); pass a "
                          "snapshots/snapshot-XXXXXX folder of a run")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path, f"--resume {path}")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"--resume: {path} is not an adapt3d training state")
     return state

@@ -4,16 +4,24 @@
   given), ``beta = 0.5 ** (batch / ema_nimg)``, and after every step ``p_ema = p + beta * (p_ema - p)``; buffers are
   copied. DATID-3D fine-tuning uses ``ema_kimg = batch * 10 / 32`` and no ramp-up.
 - Neural rendering resolution: ``rint(initial * (1 - a) + final * a)`` with ``a = min(cur_nimg / (fade_kimg *
-  1000), 1)``; constant ``initial`` when no final value is set.
+  1000), 1)``; constant ``initial`` when no final value is set (EG3D ``training/loss.py``, ``np.rint``: halves round
+  to even, as Python's ``round``). DATID-3D fine-tunes with EG3D's ``train.py`` defaults ``initial = 64``,
+  ``fade_kimg = 1000`` and passes ``final = 128``; its ``cur_nimg`` starts at 0 when it resumes an EG3D model, so a
+  200-kimg run renders at 64 to 77 px (:func:`resolve_rendering_schedule`, mode 'datid3d').
 - Discriminator blur: ``sigma = init_sigma * max(1 - cur_nimg / (fade_kimg * 1000), 0)`` (0 when fade is 0).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
 
-__all__ = ["ema_beta", "update_ema", "neural_rendering_resolution_at", "blur_sigma_at"]
+__all__ = ["ema_beta", "update_ema", "neural_rendering_resolution_at", "blur_sigma_at", "RenderingSchedule",
+           "resolve_rendering_schedule", "uses_official_weights", "DATID3D_NEURAL_RENDERING"]
+
+DATID3D_NEURAL_RENDERING = (64, 128)  # EG3D train.py --neural_rendering_resolution_initial default, DATID-3D's final
 
 
 def ema_beta(batch_size: int, ema_kimg: float, cur_nimg: int, ema_rampup: float | None = None) -> float:
@@ -39,6 +47,45 @@ def neural_rendering_resolution_at(initial: int, final: int | None, fade_kimg: f
         return int(initial)
     alpha = 1.0 if fade_kimg <= 0 else min(cur_nimg / (fade_kimg * 1000), 1.0)
     return int(round(initial * (1 - alpha) + final * alpha))
+
+
+@dataclass(frozen=True)
+class RenderingSchedule:
+    """A resolved neural rendering resolution schedule: ``mode`` 'datid3d' or 'fixed', resolutions in px."""
+
+    mode: str
+    initial: int
+    final: int | None
+    fade_kimg: float
+
+    def at(self, cur_nimg: int) -> int:
+        """Resolution of the step that starts at ``cur_nimg`` images."""
+        return neural_rendering_resolution_at(self.initial, self.final, self.fade_kimg, cur_nimg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def uses_official_weights(G, from_checkpoint: bool) -> bool:
+    """True for a 512 px FFHQ/AFHQ-type EG3D generator loaded from a checkpoint (not a built-in preset): the
+    models DATID-3D fine-tunes."""
+    from adapt3d.models.known_models import model_family
+    return bool(from_checkpoint) and int(G.img_resolution) == 512 and model_family(G.rendering) in ("ffhq", "cat")
+
+
+def resolve_rendering_schedule(mode: str, initial: int | None, final: int | None, fade_kimg: float,
+                               generator_resolution: int, official: bool) -> RenderingSchedule:
+    """The schedule a run uses: 'auto' is 'datid3d' for official weights, 'fixed' otherwise; explicit initial/final
+    values override the mode's (datid3d: 64 -> 128; fixed: the generator's resolution, constant)."""
+    if mode not in ("auto", "datid3d", "fixed"):
+        raise ValueError(f"--neural-rendering-schedule: expected auto, datid3d or fixed, got {mode!r}")
+    resolved = ("datid3d" if official else "fixed") if mode == "auto" else mode
+    if resolved == "datid3d":
+        start, end = DATID3D_NEURAL_RENDERING
+    else:
+        start, end = int(generator_resolution), None
+    return RenderingSchedule(resolved, int(initial) if initial is not None else start,
+                             int(final) if final is not None else end, float(fade_kimg))
 
 
 def blur_sigma_at(init_sigma: float, fade_kimg: float, cur_nimg: int) -> float:

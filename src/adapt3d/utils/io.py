@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -10,14 +11,69 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+# Messages of write failures that, on a (nearly) full file system, mean "no space left": torch.save's zip writer
+# ("unexpected pos", "file write failed"), safetensors' Rust I/O error, plain OSError text.
+_WRITE_FAILURE_HINTS = ("no space left", "unexpected pos", "file write failed", "storagefull", "code: 28",
+                        "disk quota")
+_LOW_SPACE_BYTES = 64 << 20
+
+
+class NoSpaceError(OSError):
+    """A write failed because the file system holding ``filename`` is full (or over quota)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask(0) would race other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def no_space_error(exc: BaseException, path: str | os.PathLike) -> NoSpaceError | None:
+    """``exc`` as a ``NoSpaceError`` naming ``path`` if it is a disk-full failure, else None.
+
+    ENOSPC/EDQUOT are certain; torch's and safetensors' own write errors count when their text says so or when
+    the file system has less than 64 MiB left (call this before deleting the partial file).
+    """
+    path = Path(path)
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "disk quota" in text
+    if not full and any(h in text for h in _WRITE_FAILURE_HINTS):
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(_mount_point(path)).free < _LOW_SPACE_BYTES
+    if not full:
+        return None
+    mount = _mount_point(path)
+    return NoSpaceError(errno.ENOSPC, f"no space left on {mount} (while writing {path}); free some space there "
+                                      "or choose another output folder, then run again", str(path))
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     The temporary file keeps ``path``'s suffix (or ``suffix``) so that writers which pick a format from the
-    extension (imageio, trimesh, PIL) still work. On any exception the temporary file is removed and ``path`` is
-    left untouched.
+    extension (imageio, trimesh, PIL) still work, and gets the permissions a plain ``open(path, "w")`` would (0666
+    less the umask). On any exception the temporary file is removed and ``path`` is left untouched; a write that
+    failed because the disk is full is raised as ``NoSpaceError`` ("no space left on <mount point> ...").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,12 +81,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets the mode a plain open() would give
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
+        full = no_space_error(exc, path) if isinstance(exc, Exception) else None  # measured before freeing space
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -61,3 +121,37 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: str | os.PathLike) -> Iterator[Path]:
+    """Remove ``folder`` (a temporary folder being filled) if the block raises; the error propagates."""
+    folder = Path(folder)
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def remove_empty_tree(root: str | os.PathLike) -> None:
+    """Remove ``root`` and the folders below it that hold no file (bottom up); anything with a file stays."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # fails (and is kept) unless empty
+
+
+@contextlib.contextmanager
+def new_folder_removed_if_empty(folder: str | os.PathLike | None) -> Iterator[None]:
+    """If ``folder`` does not exist yet, remove it again (and its empty subfolders) when the block fails or leaves
+    it empty: a command that fails early leaves no empty output folder behind."""
+    existed = folder is None or Path(folder).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            remove_empty_tree(folder)
+        raise
