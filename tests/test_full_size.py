@@ -48,8 +48,8 @@ PUBLISHED = {
     ("clip-vit-b-16", "model"): 149_620_737,
     ("clip-vit-l-14", "model"): 427_616_513,
 }
-# EG3D: elements of the official networks' state dicts (parameters + buffers), counted by running NVlabs/eg3d
-# (shared/docs/eg3d-facts.md 1.2 and 1.7: G 177 tensors / 31,493,185 elements, D 92 tensors / 31,360,240).
+# EG3D ffhq512: elements of the official networks' state dicts (parameters + buffers), counted by running
+# NVlabs/eg3d (shared/docs/eg3d-facts.md 1.2 and 1.7: G 177 tensors / 31,493,185 elements, D 92 / 31,360,240).
 EG3D_FFHQ_STATE = {"G": (177, 31_493_185), "D": (92, 31_360_240)}
 
 
@@ -85,7 +85,7 @@ def test_eg3d_configs_are_the_presets_and_the_official_networks(name, preset):
         D_preset = default_discriminator(comps["G"])
     shapes = {k: v.shape for k, v in comps["D"].state_dict().items()}
     assert shapes == {k: v.shape for k, v in D_preset.state_dict().items()}
-    if name != "eg3d-shapenet128":  # the official counts are those of the 512 px FFHQ-architecture networks
+    if name == "eg3d-ffhq512":  # AFHQ's D is the same; its G has the 128/64-channel SR head
         for comp, module in comps.items():
             sd = module.state_dict()
             assert (len(sd), sum(t.numel() for t in sd.values())) == EG3D_FFHQ_STATE[comp]
@@ -260,7 +260,7 @@ def test_ensure_caches_atomically_and_refuses_another_seed(tmp_path, monkeypatch
     import adapt3d.testing.full_size as fs
     calls = []
 
-    def fake_build(config, folder, seed):
+    def fake_build(config, folder, seed, device="cpu"):
         calls.append(seed)
         (folder / fs.EG3D_SNAPSHOT).write_bytes(b"x")
         return {"parameters": {}}
