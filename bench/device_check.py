@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,7 @@ class Check:
         self.args, self.t0 = args, time.perf_counter()
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.active: subprocess.Popen | None = None  # the command running now (ended on SIGTERM)
         self.report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
                        "budget_s": args.budget_s, "dry_run": args.dry_run, "steps": {}, "could_not_run": []}
 
@@ -101,12 +103,20 @@ class Check:
     def run(self, cmd: list[str], timeout: float, log: str | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+        # A session of its own, so that a timeout ends the command's children too (a benchmark's stage process
+        # must not go on holding the GPU).
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                                 start_new_session=True)
+        self.active = popen
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1), cwd=REPO, env=env)
-        except subprocess.TimeoutExpired as e:
-            out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err = (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            out, err = popen.communicate(timeout=max(timeout, 1))
+            proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            out, err = popen.communicate()
             proc = subprocess.CompletedProcess(cmd, -999, out, err + f"\n[timed out after {timeout:.0f} s]")
+        finally:
+            self.active = None
         if log:
             (self.out / log).write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n--- stderr ---\n{proc.stderr[-20000:]}")
         return proc
@@ -232,7 +242,8 @@ def full_size(check: Check) -> dict:
     (check.out / "full_size.jsonl").unlink(missing_ok=True)
     reserve = 150 if a.official_root else 15
     proc = check.run(cmd, timeout=check.left() - reserve, log="full_size.log")
-    lines = [json.loads(t) for t in proc.stdout.splitlines() if t.startswith("{")]
+    jsonl = check.out / "full_size.jsonl"  # written line by line: complete even when the run was cut short
+    lines = [json.loads(t) for t in (jsonl.read_text().splitlines() if jsonl.is_file() else []) if t.startswith("{")]
     stage_lines = [x for x in lines if x.get("stage") != "suite"]
     rec = {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "lines": stage_lines,
            "suite": next((x for x in lines if x.get("stage") == "suite"), None)}
@@ -294,6 +305,17 @@ def main(argv=None) -> int:
     if args.cache is None and not args.dry_run:
         args.cache = "/tmp/adapt3d-full-size"
     check = Check(args)
+
+    def terminated(signum, frame):  # an outer time limit (bench/device_check.sh's timeout): keep what was measured
+        if check.active is not None:
+            os.killpg(check.active.pid, signal.SIGKILL)
+        check.report["could_not_run"].append(f"terminated by signal {signum} after {check.report.get('elapsed_s')} s;"
+                                             " later steps did not run")
+        check.save()
+        print(summary_table(check.report), flush=True)
+        os._exit(2)
+
+    signal.signal(signal.SIGTERM, terminated)
     env = check.step("environment", 5, lambda: environment(check))
     check.report["machine"] = env.get("gpu") or env.get("cpu")
     gpu_ok = env.get("status") != "failed"

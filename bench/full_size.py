@@ -160,11 +160,17 @@ class PeakMemory:
 
 
 def _dtype_name(ctx: Context, stage: str) -> str:
-    sd = {"make-dataset", "distill", "synth", "eval", "nada"}
-    if stage in sd:
+    """What the stage's diffusion / CLIP models run in (the loaders' defaults: SD fp16 on CUDA, CLIP fp32), and
+    EG3D's (float32 with its fp16 layers on CUDA)."""
+    eg3d = "float32+fp16-layers" if ctx.device.type == "cuda" else "float32"
+    if stage in ("make-dataset", "distill", "synth"):
         dt = ctx.dtype or (torch.float16 if ctx.device.type == "cuda" else torch.float32)
-        return str(dt).replace("torch.", "")
-    return "float32+fp16-layers" if ctx.device.type == "cuda" else "float32"
+    elif stage in ("nada", "eval"):
+        dt = ctx.dtype or torch.float32
+    else:
+        return eg3d
+    name = str(dt).replace("torch.", "")
+    return name if stage == "synth" or name == eg3d else f"{name} (EG3D {eg3d})"
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -24,14 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("render", "make-dataset", "finetune", "nada", "distill", "synth", "invert", "eval")
 
 # Counts per profile: "quick" (this 2-core CPU: full-size models, a few items), "device" (a GPU device check that
-# must fit in minutes), "full" (realistic counts on a GPU). ``nrr``: neural rendering resolution of the training
-# stages when not the generator's 128 (64 is DATID-3D's initial value; quick uses it to fit the CPU budget).
+# must fit in minutes), "full" (realistic counts on a GPU). ``nrr``: neural rendering resolution of the NADA and
+# distillation stages when not the generator's 128 (quick uses 64 to fit the CPU budget). Fine-tuning uses
+# DATID-3D's schedule (64 px at the start for official weights).
 COUNTS = {
     "render": dict(quick=dict(batches=(1, 4), warmup=1, runs=1), device=dict(batches=(1, 4), warmup=2, runs=5),
                    full=dict(batches=(1, 4), warmup=2, runs=10)),
     "make-dataset": dict(quick=dict(images=2, batch=2, steps=2), device=dict(images=8, batch=8, steps=50),
                          full=dict(images=32, batch=8, steps=50)),
-    "finetune": dict(quick=dict(batch=2, warmup=0, steps=1, nrr=64), device=dict(batch=4, warmup=2, steps=5),
+    "finetune": dict(quick=dict(batch=2, warmup=0, steps=1), device=dict(batch=4, warmup=2, steps=5),
                      full=dict(batch=4, warmup=2, steps=10)),
     "nada": dict(quick=dict(batch=1, views=4, warmup=0, steps=1, nrr=64),
                  device=dict(batch=1, views=4, warmup=1, steps=3), full=dict(batch=2, views=4, warmup=1, steps=5)),
@@ -244,9 +245,10 @@ def stage_finetune(ctx: Context) -> list[dict]:
     return [{"batch": k["batch"], "params": _params(G, D), "items": k["batch"], "seconds": step,
              "phase_seconds": {n: round(v, 4) for n, v in timing["phase_seconds"].items()},
              "kimg_per_hour": 3600 / (step / k["batch"] * 1000), "steps": k["steps"], "warmup": k["warmup"],
-             "neural_rendering_resolution": trainer.nrr_schedule.initial,
+             "neural_rendering_resolution": trainer.nrr_schedule.at(0),
              "notes": ["seconds = amortised step: every phase timed, Greg every 4 steps, R1 every 16 (DATID-3D); "
-                       "R1 gamma 5, density reg 0.25, ADA p 0.2; in-memory dataset"] + notes + (
+                       "R1 gamma 5, density reg 0.25, ADA p 0.2, DATID-3D's neural rendering schedule at its start; "
+                       "in-memory dataset"] + notes + (
                  [f"torch.compile: G synthesis {compile_status(trainer.G.backbone.synthesis)}, D "
                   f"{compile_status(trainer.D)}"] if ctx.compile else [])}]
 
@@ -264,6 +266,9 @@ def stage_nada(ctx: Context) -> list[dict]:
                      neural_rendering_resolution=k.get("nrr"), progress=False)
     G, _ = _load_eg3d(ctx)
     clip_loss = build_clip_loss(cfg, ctx.device)
+    if ctx.dtype is not None:
+        for scorer in clip_loss.scorers:
+            scorer.model.to(ctx.dtype)
     trainer = NadaTrainer(cfg, G, clip_loss, device=ctx.device)
     times = []
     for i in range(k["warmup"] + k["steps"]):
@@ -271,7 +276,7 @@ def stage_nada(ctx: Context) -> list[dict]:
         if i >= k["warmup"]:
             times.append(s)
     views = k["batch"] * k["views"]
-    clip_params = sum(_params(s.model) for s in clip_loss.scorers) if hasattr(clip_loss, "scorers") else 0
+    clip_params = sum(_params(s.model) for s in clip_loss.scorers)
     return [{"batch": views, "params": _params(trainer.G) + clip_params, "items": views,
              "seconds": statistics.median(times), "steps": k["steps"], "warmup": k["warmup"],
              "neural_rendering_resolution": trainer.nrr,

@@ -122,7 +122,8 @@ def run_adapt3d(args, G, D, dataset, device) -> dict:
 
     bench_ft = _bench_module("finetune")
     cfg = FinetuneConfig(dataset=Path("."), generator="bench", batch=args.batch, kimg=1e6, density_reg_interval=1,
-                         d_reg_interval=1, augment="none", r1_gamma=5.0, progress=False)
+                         d_reg_interval=1, augment="none", r1_gamma=5.0, neural_rendering_schedule="fixed",
+                         neural_rendering_resolution=int(G.neural_rendering_resolution), progress=False)
     with _Peak(device) as peak:
         trainer = Trainer(cfg, G, D, dataset, device=device)
         timing = bench_ft.time_training_steps(trainer, args.warmup, args.steps, 4, 16)

@@ -131,3 +131,18 @@ def test_device_check_dry_run_on_cpu_writes_a_complete_report(tmp_path):
         assert steps["gpu_tests"]["status"] == "not run" and steps["gpu_tests"]["counts"].get("skipped", 0) > 0
         assert any(s.startswith("gpu_tests:") for s in report["could_not_run"])
     assert (tmp_path / "gpu_tests.log").is_file()
+
+
+def test_device_check_shell_entry_point_writes_the_report(tmp_path):
+    """bench/device_check.sh: wheel handling, environment and exit; without CUDA it stops after the environment."""
+    import os
+    import subprocess
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA (the full check takes minutes)")
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run(["bash", "bench/device_check.sh", str(tmp_path / "out")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    assert proc.returncode == 1 and report["budget_s"] == 450
+    assert report["steps"]["environment"]["status"] == "failed"
+    assert "CUDA is not available" in proc.stdout  # the summary table, printed last
