@@ -40,8 +40,8 @@ from adapt3d.diffusion.sds import ScoreDistillation  # noqa: E402
 from adapt3d.models.text_conditioned import load_text_conditioned  # noqa: E402
 from adapt3d.pipelines.distill import DistillConfig, run as distill  # noqa: E402
 from adapt3d.pipelines.generate import generate_samples  # noqa: E402
-from adapt3d.pipelines.render import default_cameras, resolve_device  # noqa: E402
-from adapt3d.utils.parsing import parse_seeds  # noqa: E402
+from adapt3d.models.latents import default_cameras  # noqa: E402
+from adapt3d.utils.parsing import parse_seeds, resolve_device  # noqa: E402
 
 YAWS = (-0.3, 0.0, 0.3)
 

@@ -5,7 +5,7 @@ import torch
 
 from adapt3d.diffusion.controlnet import ControlNetGenerator, check_controlnet_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError
-from adapt3d.testing.tiny_models import make_tiny_controlnet, make_tiny_stable_diffusion
+from adapt3d.diffusion.tiny_models import make_tiny_controlnet, make_tiny_stable_diffusion
 
 STEPS = 3
 
@@ -115,7 +115,7 @@ def _tiny_sdxl(folder):
                            StableDiffusionXLControlNetPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from adapt3d.testing.tiny_models import tiny_clip_tokenizer
+    from adapt3d.diffusion.tiny_models import tiny_clip_tokenizer
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer()

@@ -55,7 +55,7 @@ def test_sd3_variant_flag_and_defaults(sd3, tmp_path):
                                               "InstantX/SD3-Controlnet-Canny")
     assert default_models("sd3", "depth")[1] == "InstantX/SD3-Controlnet-Depth"
     # an SD 1.x ControlNet folder given with an SD3 base is refused with the flag named
-    from adapt3d.testing.tiny_models import make_tiny_controlnet
+    from adapt3d.diffusion.tiny_models import make_tiny_controlnet
     sd_cn = make_tiny_controlnet(tmp_path / "sd-cn")
     with pytest.raises((ValueError, OSError), match="--controlnet|--diffusion|variant"):
         ControlNetGenerator.from_pretrained(str(base), str(sd_cn), variant="sd3")

@@ -106,7 +106,7 @@ def test_multi_model_loss_is_the_weighted_sum():
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     from adapt3d.clip import CLIPScorer
-    from adapt3d.testing.tiny_models import make_tiny_clip
+    from adapt3d.diffusion.tiny_models import make_tiny_clip
     return CLIPScorer.from_pretrained(str(make_tiny_clip(tmp_path_factory.getbasetemp() / "tiny-models" / "clip")))
 
 

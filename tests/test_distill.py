@@ -13,7 +13,7 @@ from adapt3d.export.video import read_video_frame_count
 from adapt3d.models.text_conditioned import TextConditionedGenerator, load_text_conditioned
 from adapt3d.models.triplane import build_generator
 from adapt3d.pipelines.distill import DistillConfig, run
-from adapt3d.testing.tiny_models import make_tiny_clip, make_tiny_stable_diffusion
+from adapt3d.diffusion.tiny_models import make_tiny_clip, make_tiny_stable_diffusion
 from adapt3d.training.distill_config import parse_prompts
 from adapt3d.training.distill_eval import render_fixed
 

@@ -273,7 +273,7 @@ def test_clean_generated_text():
 def tiny_gpt2(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
-    from adapt3d.testing.tiny_models import _bytes_to_unicode
+    from adapt3d.diffusion.tiny_models import _bytes_to_unicode
     vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
     vocab["<|endoftext|>"] = len(vocab)
     tok = GPT2Tokenizer(vocab=vocab, merges=[])

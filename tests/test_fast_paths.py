@@ -190,7 +190,7 @@ def test_configure_backends_sets_and_reports_the_switches():
 
 # ------------------------------------------------------------------------------------------ diffusers models
 def _tiny_unet():
-    from adapt3d.testing.tiny_models import _tiny_unet
+    from adapt3d.diffusion.tiny_models import _tiny_unet
     torch.manual_seed(0)
     return _tiny_unet().eval()
 

@@ -284,7 +284,7 @@ def test_ensure_caches_atomically_and_refuses_another_seed(tmp_path, monkeypatch
 def test_clip_bpe_conversion_uses_clips_token_order(tmp_path):
     """A synthetic BPE file of CLIP's size: byte tokens and specials must get CLIP's ids (order bug -> wrong ids)."""
     from adapt3d.testing.clip_vocab import CLIP_VOCAB_SIZE, clip_bpe_tokenizer
-    from adapt3d.testing.tiny_models import _bytes_to_unicode
+    from adapt3d.diffusion.tiny_models import _bytes_to_unicode
     chars = sorted(_bytes_to_unicode().values())
     merges = [f"{a} {b}" for a, b in itertools.islice(itertools.product(chars, chars), 48894)]  # no "</w>" merges
     path = tmp_path / "bpe.txt.gz"

@@ -17,8 +17,8 @@ from adapt3d.models.checkpoint import CheckpointError, save_checkpoint
 from adapt3d.models.text_conditioned import TextConditionedGenerator, TextConditioningConfig, save_text_conditioned
 from adapt3d.models.triplane import TriPlaneGenerator, build_generator
 from adapt3d.pipelines.generate import GenerateConfig, run
-from adapt3d.pipelines.render import latents
-from adapt3d.testing.tiny_models import make_tiny_stable_diffusion
+from adapt3d.models.latents import seed_latents as latents
+from adapt3d.diffusion.tiny_models import make_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from adapt3d.models import hub
+from adapt3d.utils.env import OFFLINE_VARIABLES
 from adapt3d.models.hub import (
     CheckpointDownloadError,
     CheckpointNotFoundError,
@@ -74,8 +75,8 @@ def server(payload) -> Iterator[tuple[str, http.server.ThreadingHTTPServer]]:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     cache = tmp_path / "cache"
     monkeypatch.setenv("ADAPT3D_CACHE", str(cache))
-    monkeypatch.delenv("ADAPT3D_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in OFFLINE_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
     yield cache
     for name in ("test-net", "test-bad", "test-partial", "test-nolength", "test-offline"):
         unregister_checkpoint(name)
@@ -145,9 +146,10 @@ def test_wrong_sha256_leaves_nothing(env: Path, server) -> None:
 
 def test_offline_without_cache_says_where_to_put_the_file(env: Path, monkeypatch) -> None:
     register_checkpoint("test-offline", "https://example.invalid/models/offline.pkl", None)
-    for var in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv("ADAPT3D_OFFLINE", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_download", lambda *a, **k: pytest.fail("downloaded although offline"))
+    for var in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # each alone means offline
+        for other in OFFLINE_VARIABLES:
+            monkeypatch.delenv(other, raising=False)
         monkeypatch.setenv(var, "1")
         with pytest.raises(CheckpointNotFoundError) as exc:
             resolve_checkpoint("test-offline")

@@ -26,7 +26,7 @@ def _threads_and_cache(tmp_path_factory, monkeypatch):
 def clip_loss(tmp_path_factory):
     from adapt3d.clip import CLIPScorer
     from adapt3d.clip.directional import CLIPDirectionalLoss
-    from adapt3d.testing.tiny_models import make_tiny_clip
+    from adapt3d.diffusion.tiny_models import make_tiny_clip
     scorer = CLIPScorer.from_pretrained(str(make_tiny_clip(tmp_path_factory.getbasetemp() / "tiny-models" / "clip")))
     return CLIPDirectionalLoss([scorer], [1.0], "photo", "zombie")
 

@@ -44,7 +44,7 @@ EXPECTED = {  # name: (family, base, SR head, neural rendering resolution in the
 
 
 def test_every_known_name_has_a_configuration():
-    assert {hub._key(n) for n in EXPECTED} == set(hub.known_checkpoints()) == set(KNOWN_MODELS)
+    assert {hub.checkpoint_key(n) for n in EXPECTED} == set(hub.known_checkpoints()) == set(KNOWN_MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

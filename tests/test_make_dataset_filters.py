@@ -14,7 +14,8 @@ from adapt3d.cameras import camera_label, matrices_from_label, project_points
 from adapt3d.clip.filters import CLIPFilter, CLIPFilterConfig, select_by_score
 from adapt3d.data.dataset_writer import export_dataset_folder, write_dataset_json, write_dataset_zip
 from adapt3d.data.manifest import Manifest, ManifestError
-from adapt3d.data.target_dataset import TargetPlan, derive_seed
+from adapt3d.data.target_dataset import TargetPlan
+from adapt3d.utils.seeds import stream_seed
 from adapt3d.data.target_filters import (PoseConsistencyConfig, PoseConsistencyFilter, edge_similarity,
                                          greedy_diverse_subset, nearest_neighbour_distance)
 from adapt3d.export.images import save_image
@@ -127,7 +128,7 @@ def test_plan_seeds_and_shards():
     assert plan.num_sources == 4 and plan.num_batches == 2
     it = plan.item(5)
     assert (it.source, it.sample, it.latent_seed, it.prompt) == (2, 1, 7, "c")
-    assert it.diffusion_seed == derive_seed(5, 5, 2) and it.pose_seed == derive_seed(5, 2, 1)
+    assert it.diffusion_seed == stream_seed(5, 5, 2) and it.pose_seed == stream_seed(5, 2, 1)
     assert len({plan.item(i).diffusion_seed for i in range(7)}) == 7
     assert [i.index for i in plan.batch_items(1)] == [4, 5, 6]
     assert plan.shard_indices(0, 2) + plan.shard_indices(1, 2) == list(range(7))

@@ -286,8 +286,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def test_url_with_sha256_is_downloaded_and_checked(official, tmp_path, monkeypatch):
     vgg_path, heads_path, _, _ = official
     monkeypatch.setenv("ADAPT3D_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("ADAPT3D_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a local server: downloads on
+        monkeypatch.delenv(var, raising=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet,
                                                                                 directory=str(heads_path.parent)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

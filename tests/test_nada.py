@@ -28,7 +28,7 @@ def _threads_and_cache(tmp_path_factory, monkeypatch):
 def clip_loss(tmp_path_factory):
     from adapt3d.clip import CLIPScorer
     from adapt3d.clip.directional import CLIPDirectionalLoss
-    from adapt3d.testing.tiny_models import make_tiny_clip
+    from adapt3d.diffusion.tiny_models import make_tiny_clip
     scorer = CLIPScorer.from_pretrained(str(make_tiny_clip(tmp_path_factory.getbasetemp() / "tiny-models" / "clip")))
     return CLIPDirectionalLoss([scorer], [1.0], "photo", "zombie")
 
@@ -186,21 +186,21 @@ def test_nada_end_to_end_on_tiny(tmp_path):
 def test_adapt_method_dispatch(tmp_path, monkeypatch):
     """`adapt3d adapt --method nada|itportrait` maps AdaptConfig's shared fields onto the method's config."""
     from adapt3d.pipelines import itportrait, nada
-    from adapt3d.pipelines.adapt import AdaptConfig
+    from adapt3d.pipelines.adapt import AdaptConfig, run as run_adapt
     seen = []
     monkeypatch.setattr(nada, "run", lambda cfg: seen.append(cfg) or "nada-result")
     monkeypatch.setattr(itportrait, "run", lambda cfg: seen.append(cfg) or "itp-result")
     cfg = AdaptConfig(preset="tiny", prompt=("Pixar character",), out=tmp_path / "a", seeds="0-1", mesh="none")
     cfg.method, cfg.source_text, cfg.steps = "nada", "photo", 3  # the fields the lead's diff adds
-    assert nada.run_from_adapt(cfg) == "nada-result"
+    assert run_adapt(cfg) == "nada-result"
     got = seen[-1]
     assert isinstance(got, NadaConfig) and (got.prompt, got.source_text, got.steps) == ("Pixar character", "photo", 3)
     assert (got.out, got.seeds, got.mesh, got.preset) == (tmp_path / "a", "0-1", "none", "tiny")
     cfg.method, cfg.style_image = "itportrait", tmp_path / "ref.png"
-    assert nada.run_from_adapt(cfg) == "itp-result" and seen[-1].style_image == tmp_path / "ref.png"
+    assert run_adapt(cfg) == "itp-result" and seen[-1].style_image == tmp_path / "ref.png"
     cfg.kimg = 3.0
     with pytest.raises(ValueError, match="--kimg: only used by --method datid3d"):
-        nada.run_from_adapt(cfg)
+        run_adapt(cfg)
     cfg.kimg, cfg.prompt = None, ("a", "b")
     with pytest.raises(ValueError, match="--prompt"):
-        nada.run_from_adapt(cfg)
+        run_adapt(cfg)

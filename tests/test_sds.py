@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from adapt3d.diffusion.sds import ScoreDistillation, sds_weights, timestep_range, view_index, view_prompt
-from adapt3d.testing.tiny_models import make_tiny_stable_diffusion
+from adapt3d.diffusion.tiny_models import make_tiny_stable_diffusion
 
 
 class StubUNet(torch.nn.Module):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from adapt3d.pipelines.convert import ConvertConfig
 from adapt3d.pipelines.render import RenderConfig, render
-from adapt3d.pipelines.studio import StudioConfig, build_server, validate
+from adapt3d.studio.command import StudioConfig, build_server, validate
 from adapt3d.studio.files import PathRefused, UploadRefused, resolve_under, save_upload
 from adapt3d.studio.forms import FieldError, check_job, find_validator, form_argv, form_fields
 from adapt3d.studio.jobs import JOB_FILE, JobManager, latest_image, log_tail, parse_progress, read_job
@@ -93,7 +93,7 @@ def test_check_job_runs_tyro_then_the_pipeline_validation(tmp_path):
     assert res.validator == "adapt3d.pipelines.render.validate"
     assert [(e.field, "--trunc" in e.message) for e in res.errors] == [("trunc", True)]
     res = check_job("render", RenderConfig, render, {"preset": "tiny", "seeds": "0-1", "out": str(tmp_path / "r")})
-    assert res.ok and res.argv == ["--out", str(tmp_path / "r"), "--preset", "tiny", "--seeds", "0-1"]
+    assert res.ok and res.argv == ["--seeds", "0-1", "--out", str(tmp_path / "r"), "--preset", "tiny"]  # field order
     assert res.config.seeds == "0-1"
     res = check_job("render", RenderConfig, render, {"out": str(tmp_path / "r")})  # neither preset nor checkpoint
     assert not res.ok and "exactly one of --preset" in res.errors[0].message
@@ -302,7 +302,7 @@ def test_server_refuses_traversal_and_foreign_hosts(server, tmp_path_factory):
         status, _, data = _request(server, "GET", path)
         assert status == 403 and b"secret" not in data and b"root:" not in data, path
     assert _request(server, "GET", "/files/%252e%252e/etc/passwd")[0] == 404
-    assert _request(server, "GET", "/static/../pipelines/studio.py")[0] == 404
+    assert _request(server, "GET", "/static/../command.py")[0] == 404
     assert _request(server, "GET", "/api/info", headers={"Host": "evil.example:80"})[0] == 403
     status, _, _ = _request(server, "POST", "/api/validate", b"{}", {"Content-Type": "application/json",
                                                                      "Origin": "http://evil.example"})

@@ -19,7 +19,7 @@ import pytest
 
 from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.models.triplane import build_generator
-from adapt3d.pipelines.studio import StudioConfig, build_server
+from adapt3d.studio.command import StudioConfig, build_server
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("ADAPT3D_TEST_ARTIFACTS", REPO / "tests" / "artifacts")) / "studio"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapt3d.pipelines.studio import StudioConfig, build_server
+from adapt3d.studio.command import StudioConfig, build_server
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,6 @@ def test_a_form_check_leaves_no_output_folder(app):
 
 
 def test_allow_inputs_must_be_folders(tmp_path):
-    from adapt3d.pipelines.studio import validate
+    from adapt3d.studio.command import validate
     with pytest.raises(ValueError, match="--allow-inputs: .*nope is not a folder"):
         validate(StudioConfig(runs=tmp_path / "runs", allow_inputs=(tmp_path / "nope",)))

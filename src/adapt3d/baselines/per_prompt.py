@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from adapt3d.cameras import frontal_label, make_pose_sampler
-from adapt3d.diffusion.sds import ScoreDistillation, check_sds_args, timestep_range, view_index, view_prompt
+from adapt3d.diffusion.sds import SDSOptions, ScoreDistillation, timestep_range, view_index, view_prompt
 from adapt3d.models.triplane import TriPlaneGenerator
 
 __all__ = ["PerPromptConfig", "PerPromptResult", "optimize_prompt", "render_result"]
 
 
 @dataclass
-class PerPromptConfig:
+class PerPromptConfig(SDSOptions):
     """Settings of one per-prompt optimisation (names and defaults as in ``DistillConfig``)."""
 
     steps: int = 200
@@ -41,14 +41,6 @@ class PerPromptConfig:
     """What is optimised: the latent ws or the tri-planes."""
     batch: int = 1
     """Cameras per step."""
-    guidance_scale: float = 100.0
-    t_range: tuple[float, float] = (0.02, 0.98)
-    t_anneal: Literal["none", "linear", "sqrt"] = "none"
-    t_max_final: float = 0.5
-    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
-    grad_clip: float | None = None
-    view_prompts: bool = True
-    negative_prompt: str = ""
     yaw_spread: float = 0.3
     """Gaussian yaw std of the training cameras (radians)."""
     pitch_spread: float = 0.15
@@ -66,8 +58,7 @@ class PerPromptConfig:
                 raise ValueError(f"--{name}: must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr: must be > 0, got {self.lr}")
-        check_sds_args(self.guidance_scale, self.t_range, self.weighting, self.grad_clip, self.t_anneal,
-                       self.t_max_final)
+        self.check_sds()
 
 
 @dataclass

@@ -48,6 +48,7 @@ from .samplers import (
     UniformPoseSamplerConfig,
     make_pose_sampler,
     orbit_trajectory,
+    video_trajectory,
     yaw_sweep,
 )
 
@@ -91,5 +92,6 @@ __all__ = [
     "UniformPoseSamplerConfig",
     "make_pose_sampler",
     "orbit_trajectory",
+    "video_trajectory",
     "yaw_sweep",
 ]

@@ -284,6 +284,16 @@ def yaw_sweep(num_frames: int, yaw_min: float, yaw_max: float, pitch: float = HA
     return PoseBatch(yaw, torch.full((num_frames,), pitch, dtype=torch.float32))
 
 
+def video_trajectory(kind: str, num_frames: int) -> PoseBatch:
+    """The cameras of a ``--video`` of ``num_frames``: ``'orbit'`` (:func:`orbit_trajectory`) or ``'yaw'`` (a yaw
+    sweep over frontal +-0.5 rad)."""
+    if kind == "orbit":
+        return orbit_trajectory(num_frames)
+    if kind == "yaw":
+        return yaw_sweep(num_frames, HALF_PI - 0.5, HALF_PI + 0.5)
+    raise ValueError(f"video kind must be 'orbit' or 'yaw', got {kind!r}")
+
+
 POSE_SAMPLERS: dict[str, tuple[type, type]] = {
     "fixed": (FixedPoseSampler, FixedPoseSamplerConfig),
     "gaussian": (GaussianPoseSampler, GaussianPoseSamplerConfig),

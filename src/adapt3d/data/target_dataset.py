@@ -9,9 +9,9 @@ a pure function of the job seed and an index, so any single image can be regener
 - diffusion seed of target i: its own CPU ``torch.Generator`` seed;
 - prompt of target i: ``prompts[i % len(prompts)]`` (prompts x templates, expanded in order).
 
-``pose_seed`` and ``diffusion_seed`` are ``numpy.random.SeedSequence([seed, index, stream]).generate_state(1)``
-(uint32; stream 1 = pose, 2 = diffusion). Work is split into batches of ``batch_size`` sources, aligned on fixed
-boundaries, and shard ``s`` of ``n`` owns batches ``b`` with ``b % n == s``: resumed and sharded runs compute every
+``pose_seed`` and ``diffusion_seed`` are :func:`adapt3d.utils.seeds.stream_seed` ``(seed, index, stream)``, i.e.
+``numpy.random.SeedSequence([seed, index, stream]).generate_state(1)`` (uint32; stream 1 = pose, 2 = diffusion).
+Work is split into batches of ``batch_size`` sources, aligned on fixed boundaries, and shard ``s`` of ``n`` owns batches ``b`` with ``b % n == s``: resumed and sharded runs compute every
 batch with the same composition as one uninterrupted process, so they produce the same bytes.
 
 Working folder layout (``out/``): ``job.json``, ``manifest.jsonl`` (one :class:`TargetRecord` per line),
@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from adapt3d.data.manifest import Manifest
+from adapt3d.utils.seeds import stream_seed
 
-__all__ = ["TargetItem", "TargetPlan", "TargetRecord", "derive_seed", "image_relpath", "source_relpath",
+__all__ = ["TargetItem", "TargetPlan", "TargetRecord", "image_relpath", "source_relpath",
            "read_records", "MANIFEST", "JOB_JSON", "DATASET_DIR", "DATASET_ZIP", "CONTACT_SHEET"]
 
 MANIFEST = "manifest.jsonl"
@@ -39,11 +38,6 @@ DATASET_DIR = "dataset"
 DATASET_ZIP = "dataset.zip"
 CONTACT_SHEET = "contact_sheet.png"
 POSE_STREAM, DIFFUSION_STREAM = 1, 2
-
-
-def derive_seed(seed: int, index: int, stream: int) -> int:
-    """A uint32 seed for (job seed, index, stream), independent across indices and streams."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), int(stream)]).generate_state(1)[0])
 
 
 def image_relpath(index: int) -> str:
@@ -82,8 +76,8 @@ class TargetPlan:
             raise IndexError(f"target index {index} outside [0, {self.num_images})")
         j, k = divmod(index, self.samples_per_source)
         return TargetItem(index=index, source=j, sample=k, latent_seed=self.seed + j,
-                          pose_seed=derive_seed(self.seed, j, POSE_STREAM),
-                          diffusion_seed=derive_seed(self.seed, index, DIFFUSION_STREAM),
+                          pose_seed=stream_seed(self.seed, j, POSE_STREAM),
+                          diffusion_seed=stream_seed(self.seed, index, DIFFUSION_STREAM),
                           prompt=self.prompts[index % len(self.prompts)])
 
     def batch_sources(self, batch: int) -> range:

@@ -7,7 +7,7 @@ weights are missing and how to get them, instead of a long traceback from deep i
 Names accepted:
 
 - ``"tiny"``: the built-in tiny random-weight model of that kind (built on first use into
-  :func:`adapt3d.testing.default_tiny_models_dir`; for demos and tests, no download);
+  :func:`adapt3d.diffusion.tiny_models.default_tiny_models_dir`; for demos and tests, no download);
 - a local folder (``save_pretrained`` layout, e.g. a ``huggingface-cli download`` target);
 - a Hugging Face model id (``stabilityai/stable-diffusion-2-1-base``): taken from the local Hugging Face cache, or
   downloaded by ``from_pretrained`` when the machine is online. Offline (``HF_HUB_OFFLINE=1``,
@@ -24,9 +24,12 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME"]
+from adapt3d.utils.env import is_offline
+
+__all__ = ["PretrainedNotFoundError", "resolve_pretrained", "is_offline", "KINDS", "TINY_NAME", "DEFAULT_DIFFUSION"]
 
 TINY_NAME = "tiny"
+DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"  # DATID-3D's and DreamPortrait's base model
 
 # kind -> (what it is, a file whose presence marks a complete folder, the tiny model's name in ensure_tiny_models)
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -40,12 +43,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 class PretrainedNotFoundError(FileNotFoundError):
     """Pretrained weights are neither a local folder nor available from the Hugging Face cache / hub."""
-
-
-def is_offline() -> bool:
-    """True when any of HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, ADAPT3D_OFFLINE is set to a true value."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ADAPT3D_OFFLINE"))
 
 
 def how_to_get(name: str, kind: str, flag: str) -> str:
@@ -81,7 +78,7 @@ def resolve_pretrained(name_or_path: str | os.PathLike, kind: str, flag: str | N
     if not name:
         raise ValueError(f"{flag}: empty model name; expected a Hugging Face id, a local folder or '{TINY_NAME}'")
     if name == TINY_NAME:
-        from adapt3d.testing.tiny_models import ensure_tiny_models
+        from adapt3d.diffusion.tiny_models import ensure_tiny_models
         return str(ensure_tiny_models(names=(tiny_key,))[tiny_key])
     path = Path(name).expanduser()
     if path.exists():

@@ -33,16 +33,15 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from adapt3d.diffusion.loading import download_error, resolve_pretrained
+from adapt3d.diffusion.loading import DEFAULT_DIFFUSION, download_error, resolve_pretrained
 
 __all__ = ["ScoreDistillation", "SDSOutput", "sds_weights", "timestep_range", "view_index", "view_prompt",
-           "VIEWS", "WEIGHTINGS", "ANNEALING", "check_sds_args", "DEFAULT_DIFFUSION"]
+           "VIEWS", "WEIGHTINGS", "ANNEALING", "check_sds_args", "SDSOptions", "DEFAULT_DIFFUSION"]
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
 ANNEALING = ("none", "linear", "sqrt")
 VIEWS = ("front", "side", "back")
-DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"
 """threestudio's SDS teacher (512 px, epsilon prediction)."""
 
 
@@ -115,6 +114,33 @@ def check_sds_args(guidance_scale: float = 100.0, t_range: Sequence[float] = (0.
         raise ValueError(f"{prefix}t-anneal: {anneal!r} is not one of {ANNEALING}")
     if not 0 <= t_max_final <= 1:
         raise ValueError(f"{prefix}t-max-final: {t_max_final!r} must be in [0, 1]")
+
+
+@dataclass
+class SDSOptions:
+    """The score-distillation options of a command or config (``adapt3d distill``, the per-prompt baseline)."""
+
+    negative_prompt: str = ""
+    """Text of the unconditional branch of classifier-free guidance."""
+    guidance_scale: float = 100.0
+    """CFG scale s in eps_u + s (eps_c - eps_u) (threestudio's 100 is our 101)."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """SDS timestep range as fractions of the teacher's train timesteps."""
+    t_anneal: Literal["none", "linear", "sqrt"] = "none"
+    """Timestep annealing: none; linear (upper bound -> --t-max-final over the run); sqrt (HiFA, one t)."""
+    t_max_final: float = 0.5
+    """Final upper bound of linear annealing."""
+    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
+    """w(t): sds = 1 - a_t, uniform = 1, fantasia3d = sqrt(a_t) (1 - a_t)."""
+    grad_clip: float | None = None
+    """Clamp every SDS gradient entry to [-grad_clip, grad_clip] (None: off)."""
+    view_prompts: bool = True
+    """Append ', front view' / ', side view' / ', back view' from the camera yaw (teacher prompts only)."""
+
+    def check_sds(self) -> None:
+        """:func:`check_sds_args` on these options."""
+        check_sds_args(self.guidance_scale, self.t_range, self.weighting, self.grad_clip, self.t_anneal,
+                       self.t_max_final)
 
 
 @dataclass

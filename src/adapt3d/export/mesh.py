@@ -18,7 +18,7 @@ import torch
 
 from adapt3d.utils.io import atomic_path
 
-__all__ = ["extract_mesh", "density_grid", "save_mesh", "grid_coordinates", "MESH_EXTENSIONS"]
+__all__ = ["extract_mesh", "density_grid", "save_mesh", "grid_coordinates", "generator_mesh", "MESH_EXTENSIONS"]
 
 MESH_EXTENSIONS = (".ply", ".obj", ".glb", ".stl", ".off")
 Bounds = Sequence[Sequence[float]]
@@ -217,3 +217,35 @@ def save_mesh(path: str | os.PathLike, mesh) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return path
+
+
+def generator_mesh(G, planes: torch.Tensor, resolution: int, level: float | None = None,
+                   notes: list[str] | None = None, label: str = "", progress: bool = False):
+    """The coloured mesh of one tri-plane scene: marching cubes of ``G``'s density over its box at ``resolution``
+    per axis, coloured by its rgb features.
+
+    ``G`` is a tri-plane generator (its ``sample_density`` and ``rendering.box_warp``), ``planes`` (1, 3, C, P, P)
+    the scene. ``level`` is the density (raw sigma) iso-level; None = 10 as in EG3D's shape export, or the field's
+    midpoint when the field never crosses 10 (as for untrained models), which appends a note (prefixed ``label``)
+    to ``notes``.
+    """
+    half = G.rendering.box_warp / 2
+    bounds = ((-half,) * 3, (half,) * 3)
+    device = planes.device
+
+    def sigma(points: torch.Tensor) -> torch.Tensor:
+        return G.sample_density(points[None].to(device), planes=planes)["sigma"][0, :, 0]
+
+    def colors(points: torch.Tensor) -> torch.Tensor:
+        return G.sample_density(points[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)
+
+    with torch.no_grad():
+        grid = density_grid(sigma, bounds, resolution, progress=progress, device=device)
+        iso = 10.0 if level is None else float(level)
+        lo, hi = float(grid.min()), float(grid.max())
+        if level is None and not lo < iso < hi:
+            iso = (lo + hi) / 2
+            if notes is not None:
+                notes.append(f"{label}density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at the midpoint "
+                             f"{iso:.3g} instead")
+        return extract_mesh(grid, iso, bounds, colors_fn=colors)

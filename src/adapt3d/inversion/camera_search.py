@@ -21,6 +21,7 @@ import torch
 
 from adapt3d.inversion.camera_io import OrbitCamera
 from adapt3d.inversion.projector import ProjectionResult, ProjectorConfig, WStatistics, project, w_statistics
+from adapt3d.utils.parsing import check_at_least
 
 __all__ = ["CameraSearchConfig", "CameraCandidate", "CameraSearchResult", "camera_grid", "search_camera"]
 
@@ -40,9 +41,7 @@ class CameraSearchConfig:
     """Projection steps per refined candidate."""
 
     def __post_init__(self) -> None:
-        for name in ("yaw_steps", "pitch_steps", "keep", "steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"--search-{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, ("yaw_steps", "pitch_steps", "keep", "steps"), prefix="search-")
         for name in ("yaw_range_deg", "pitch_range_deg"):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 <= v < 90):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from adapt3d.cameras import frontal_label
 from adapt3d.inversion.camera_io import OrbitCamera, label_angles
 from adapt3d.inversion.losses import psnr
+from adapt3d.utils.parsing import check_at_least, flag_name
 
 __all__ = ["ProjectorConfig", "ProjectionResult", "WStatistics", "w_statistics", "project", "noise_buffers",
            "use_noise", "noise_regularization", "learning_rate"]
@@ -68,21 +69,19 @@ class ProjectorConfig:
     def __post_init__(self) -> None:
         if self.space not in ("w", "w+"):
             raise ValueError(f"--space: expected 'w' or 'w+', got {self.space!r}")
-        for name in ("num_steps", "w_avg_samples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, ("num_steps", "w_avg_samples"))
         for name in ("lr", "camera_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {v}")
+                raise ValueError(f"{flag_name(name)}: must be > 0, got {v}")
         for name in ("lr_rampup", "lr_rampdown", "w_noise_ramp"):
             v = getattr(self, name)
             if not 0 < v <= 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be in (0, 1], got {v}")
+                raise ValueError(f"{flag_name(name)}: must be in (0, 1], got {v}")
         for name in ("w_noise", "noise_regularize"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 0, got {v}")
+                raise ValueError(f"{flag_name(name)}: must be >= 0, got {v}")
 
 
 @dataclass

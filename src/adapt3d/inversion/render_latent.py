@@ -18,20 +18,22 @@ has them), so the same latent and generator always give the same files.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from adapt3d.cameras import camera_label, orbit_trajectory, yaw_sweep
+from adapt3d.cameras import video_trajectory
 from adapt3d.export.images import depth_to_image, label_images, make_grid, save_image, to_uint8
-from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.mesh import generator_mesh, save_mesh
+from adapt3d.export.options import MediaOptions
 from adapt3d.export.video import write_video
 from adapt3d.inversion.latent_file import LatentCode, check_architecture
 from adapt3d.inversion.projector import use_noise
+from adapt3d.models.latents import default_cameras
+from adapt3d.utils.io import to_jsonable
 
 __all__ = ["RenderLatentConfig", "RenderLatentResult", "render_latent", "VIEW_OFFSETS"]
 
@@ -39,20 +41,9 @@ VIEW_OFFSETS = (-0.4, 0.0, 0.4)
 
 
 @dataclass
-class RenderLatentConfig:
+class RenderLatentConfig(MediaOptions):
     name: str = "latent"
     """File name stem of the outputs."""
-    video: Literal["none", "orbit", "yaw"] = "none"
-    """Video: EG3D's orbit, a yaw sweep (+-0.5 rad), or none."""
-    video_format: Literal["mp4", "gif"] = "mp4"
-    video_frames: int = 48
-    fps: int = 24
-    mesh: Literal["none", "ply", "obj", "glb"] = "none"
-    """Coloured mesh of the latent's density field in this format, or none."""
-    mesh_resolution: int = 128
-    """Density grid resolution per axis for marching cubes."""
-    mesh_level: float | None = None
-    """Density iso-level; None = 10 (EG3D's shape export), or the field's midpoint when it never crosses 10."""
     comparison: bool = True
     """Write comparison.png when the latent's folder has input.png and reconstruction.png."""
     progress: bool = False
@@ -60,10 +51,10 @@ class RenderLatentConfig:
 
     @classmethod
     def from_options(cls, options, name: str = "latent") -> "RenderLatentConfig":
-        """Take the same-named fields (video, video_format, video_frames, fps, mesh, mesh_resolution, mesh_level,
-        progress) from another config, e.g. ``adapt3d render``'s RenderConfig."""
-        kw = {k: getattr(options, k) for k in ("video", "video_format", "video_frames", "fps", "mesh",
-                                               "mesh_resolution", "mesh_level", "progress") if hasattr(options, k)}
+        """Take the same-named fields (the video and mesh options, progress) from another config, e.g.
+        ``adapt3d render``'s RenderConfig."""
+        names = [f.name for f in fields(MediaOptions)] + ["progress"]
+        kw = {k: getattr(options, k) for k in names if hasattr(options, k)}
         return cls(name=name, **kw)
 
 
@@ -78,37 +69,12 @@ class RenderLatentResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _cam(G, yaw, pitch, device) -> torch.Tensor:
-    r = G.rendering
-    return camera_label(yaw, pitch, radius=r.avg_camera_radius, pivot=r.avg_camera_pivot,
-                        fov_deg=G.config.camera_fov_deg).to(device)
-
-
 def _read_rgb(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.LANCZOS)
         return np.asarray(img)
-
-
-def _mesh(G, planes: torch.Tensor, cfg: RenderLatentConfig, device, notes: list[str]):
-    half = G.rendering.box_warp / 2
-    bounds = ((-half,) * 3, (half,) * 3)
-
-    def sigma(pts):
-        return G.sample_density(pts[None].to(device), planes=planes)["sigma"][0, :, 0]
-
-    def colors(v):
-        return G.sample_density(v[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)
-
-    grid = density_grid(sigma, bounds, cfg.mesh_resolution, progress=cfg.progress, device=device)
-    level = 10.0 if cfg.mesh_level is None else float(cfg.mesh_level)
-    lo, hi = float(grid.min()), float(grid.max())
-    if cfg.mesh_level is None and not lo < level < hi:
-        level = (lo + hi) / 2
-        notes.append(f"density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at the midpoint {level:.3g}")
-    return extract_mesh(grid, level, bounds, colors_fn=colors)
 
 
 @torch.no_grad()
@@ -136,7 +102,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
         files["depth"] = [str(save_image(out / f"{cfg.name}_depth.png",
                                          depth_to_image(synth.image_depth.cpu(), near=near, far=far)[0]))]
         yaws = torch.tensor([math.pi / 2 + d for d in VIEW_OFFSETS])
-        cams = _cam(G, yaws, torch.full_like(yaws, float(latent.pitch)), device)
+        cams = default_cameras(G, yaws, torch.full_like(yaws, float(latent.pitch))).to(device)
         views = G.synthesis(ws.expand(len(yaws), -1, -1), cams, noise_mode="const", sampling="deterministic").image
         res.views = views.cpu()
         files["views"] = [str(save_image(out / f"{cfg.name}_views.png", make_grid(to_uint8(res.views), nrow=3)))]
@@ -151,13 +117,12 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
             files["comparison"] = [str(save_image(out / "comparison.png", make_grid(labelled, nrow=3)))]
 
         if cfg.video != "none":
-            poses = orbit_trajectory(cfg.video_frames) if cfg.video == "orbit" else yaw_sweep(
-                cfg.video_frames, math.pi / 2 - 0.5, math.pi / 2 + 0.5)
+            poses = video_trajectory(cfg.video, cfg.video_frames)
             planes = G.planes(ws, noise_mode="const")
 
             def frames():
                 for t in range(len(poses)):
-                    c = _cam(G, poses.yaw[t:t + 1], poses.pitch[t:t + 1], device)
+                    c = default_cameras(G, poses.yaw[t:t + 1], poses.pitch[t:t + 1]).to(device)
                     img = G.synthesis(ws, c, noise_mode="const", sampling="deterministic", planes=planes).image
                     yield to_uint8(img.cpu())[0]
 
@@ -167,7 +132,7 @@ def render_latent(G, latent: LatentCode, out: str | Path, config: RenderLatentCo
 
         if cfg.mesh != "none":
             planes = G.planes(ws, noise_mode="const")
-            mesh = _mesh(G, planes, cfg, device, res.notes)
+            mesh = generator_mesh(G, planes, cfg.mesh_resolution, cfg.mesh_level, res.notes, progress=cfg.progress)
             files["mesh"] = [str(save_mesh(out / f"{cfg.name}.{cfg.mesh}", mesh))]
     return res
 
@@ -183,7 +148,7 @@ def render_latent_job(G, options, source: dict | None = None) -> tuple[dict[str,
 
     t0 = time.time()
     done = render_latent(G, load_latent(options.latent), options.out, RenderLatentConfig.from_options(options))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    config = to_jsonable(asdict(options))
     atomic_write_json(Path(options.out) / "render.json", {
         "config": config, "generator": source or {}, "latent": str(options.latent), "files": done.files,
         "notes": done.notes, "seconds": round(time.time() - t0, 3)})

@@ -10,7 +10,6 @@ interrupted (or whose files were swapped) is detected at load time instead of lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapt3d.models.triplane import TriPlaneGenerator, TriPlaneGeneratorConfig
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.io import atomic_path, atomic_write_json, sha256_file
 
 FORMAT = "adapt3d-checkpoint"
 FORMAT_VERSION = 1
@@ -41,19 +40,11 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save_tensors(path: Path, module: torch.nn.Module) -> str:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def save_checkpoint(folder: str | Path, generator: TriPlaneGenerator, discriminator: torch.nn.Module | None = None,
@@ -123,7 +114,7 @@ def _load_tensors(folder: Path, entry: dict, what: str) -> dict[str, torch.Tenso
     path = folder / entry["weights"]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {folder}: {what} weights file {path.name} is missing")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if entry.get("sha256") and digest != entry["sha256"]:
         raise CheckpointError(f"checkpoint {folder}: {path.name} has sha256 {digest[:12]}..., but {CONFIG_NAME} "
                               f"records {entry['sha256'][:12]}... (incomplete write or a swapped file)")

@@ -31,6 +31,7 @@ from torch import nn
 
 from adapt3d.models import ops
 from adapt3d.models.stylegan2 import Conv2dLayer, FullyConnectedLayer, MappingNetwork
+from adapt3d.utils.io import to_jsonable
 
 __all__ = [
     "MinibatchStdLayer",
@@ -353,20 +354,6 @@ class DualDiscriminator(nn.Module):
                 f"cmap_dim={self.cmap_dim}, disc_c_noise={self.disc_c_noise}, resize_mode={self.resize_mode!r}")
 
 
-def _plain(value: Any) -> Any:
-    """Nested dicts / EasyDicts / tuples / numpy scalars -> plain JSON-friendly Python values."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            pass
-    return value
-
-
 @dataclasses.dataclass
 class DualDiscriminatorConfig:
     """Constructor arguments of :class:`DualDiscriminator` (``img_channels`` un-doubled, as in the official kwargs).
@@ -392,7 +379,7 @@ class DualDiscriminatorConfig:
     conversion_warnings: list = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d = {f.name: to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
         d.pop("conversion_warnings")
         return d
 
@@ -402,7 +389,7 @@ class DualDiscriminatorConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown DualDiscriminatorConfig keys {unknown}; allowed: {sorted(names)}")
-        return cls(**{k: copy.deepcopy(_plain(v)) for k, v in d.items()})
+        return cls(**{k: copy.deepcopy(to_jsonable(v)) for k, v in d.items()})
 
     def build(self) -> DualDiscriminator:
         return build_discriminator(self)
@@ -443,7 +430,7 @@ def discriminator_config_from_official(init_kwargs: Mapping[str, Any],
         if k not in names:
             notes.append(f"ignored unknown DualDiscriminator init kwarg {k!r}={v!r}")
             continue
-        out[k] = _plain(v)
+        out[k] = to_jsonable(v)
     for name, allowed in (("block_kwargs", _BLOCK_KEYS), ("mapping_kwargs", _MAPPING_KEYS),
                           ("epilogue_kwargs", _EPILOGUE_KEYS)):
         sub = dict(out.get(name) or {})

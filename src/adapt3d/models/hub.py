@@ -37,7 +37,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.env import is_offline
+from adapt3d.utils.io import atomic_path, atomic_write_json, sha256_file
 
 __all__ = [
     "KnownCheckpoint",
@@ -96,7 +97,9 @@ class KnownCheckpoint:
 _REGISTRY: dict[str, KnownCheckpoint] = {}
 
 
-def _key(name: str) -> str:
+def checkpoint_key(name: str) -> str:
+    """The registry key of a checkpoint name: stripped, lower case, '_' as '-' (``Cat_in_Zootopia`` ->
+    ``cat-in-zootopia``)."""
     return name.strip().lower().replace("_", "-")
 
 
@@ -108,13 +111,14 @@ def register_checkpoint(name: str, url: str, sha256: str | None = None, filename
         raise ValueError(f"`filename` must be a plain file name, got {filename!r}")
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
         raise ValueError(f"`sha256` must be 64 hex digits or None, got {sha256!r}")
-    entry = KnownCheckpoint(_key(name), filename, url, sha256.lower() if sha256 else None, licence, description)
+    entry = KnownCheckpoint(checkpoint_key(name), filename, url, sha256.lower() if sha256 else None, licence,
+                            description)
     _REGISTRY[entry.name] = entry
     return entry
 
 
 def unregister_checkpoint(name: str) -> None:
-    _REGISTRY.pop(_key(name), None)
+    _REGISTRY.pop(checkpoint_key(name), None)
 
 
 def known_checkpoints() -> dict[str, KnownCheckpoint]:
@@ -123,7 +127,7 @@ def known_checkpoints() -> dict[str, KnownCheckpoint]:
 
 def get_checkpoint(name: str) -> KnownCheckpoint:
     try:
-        return _REGISTRY[_key(name)]
+        return _REGISTRY[checkpoint_key(name)]
     except KeyError:
         raise CheckpointNotFoundError(f"unknown checkpoint {name!r} (not a known name and not an existing file). "
                                       f"Known names: {', '.join(sorted(_REGISTRY))}") from None
@@ -155,19 +159,6 @@ def cached_checkpoint_path(name: str, root: str | Path | None = None) -> Path:
     """Where the named checkpoint lives (or will live) in the cache."""
     base = Path(root) if root is not None else cache_dir()
     return (base / "checkpoints" / get_checkpoint(name).filename).absolute()
-
-
-def is_offline() -> bool:
-    truthy = ("1", "true", "yes", "on")
-    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("ADAPT3D_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -278,14 +269,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
                        timeout: float = 60.0) -> Path:
     """Return a local file for ``name_or_path``: an existing path as is, or a known name from/into the cache.
 
-    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE``). A cached file is verified
-    against the known or recorded sha256 (re-hashed only when it changed on disk; ``verify=True`` always re-hashes).
+    ``offline`` defaults to ``is_offline()`` (``ADAPT3D_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``).
+    A cached file is verified against the known or recorded sha256 (re-hashed only when it changed on disk;
+    ``verify=True`` always re-hashes).
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_file():
         return candidate
     text = os.fspath(name_or_path)
-    if _key(text) not in _REGISTRY:
+    if checkpoint_key(text) not in _REGISTRY:
         if isinstance(name_or_path, os.PathLike) or os.sep in text or text.endswith((".pkl", ".pt", ".pth")):
             raise CheckpointNotFoundError(f"checkpoint file not found: {candidate.absolute()} (known names: "
                                           f"{', '.join(sorted(_REGISTRY))})")
@@ -298,6 +290,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, cache: str | Path | N
     if offline if offline is not None else is_offline():
         raise CheckpointNotFoundError(
             f"checkpoint {entry.name!r} is not in the cache and downloads are disabled (ADAPT3D_OFFLINE / "
-            f"HF_HUB_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  (licence: {entry.licence})")
+            f"HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). Put the file at: {path}  -- get it from: {entry.url}  "
+            f"(licence: {entry.licence})")
     _download(entry, path, progress, timeout)
     return path

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from adapt3d.models.hub import checkpoint_key
 from adapt3d.models.triplane import TriPlaneGeneratorConfig
 from adapt3d.rendering.renderer import RenderingConfig
 
@@ -107,14 +108,10 @@ KNOWN_MODELS: dict[str, KnownModelConfig] = {
 }
 
 
-def _key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")  # the same normalisation as adapt3d.models.hub
-
-
 def known_model_config(name: str) -> KnownModelConfig:
     """The configuration of a known checkpoint name (``ffhq``, ``datid3d-cat_in_Zootopia``, ...)."""
     try:
-        return KNOWN_MODELS[_key(name)]
+        return KNOWN_MODELS[checkpoint_key(name)]
     except KeyError:
         raise ValueError(f"--checkpoint: {name!r} is not a known checkpoint name; known names: "
                          f"{', '.join(sorted(KNOWN_MODELS))}") from None

@@ -44,7 +44,7 @@ def check_generator_source(preset: str | None, checkpoint: str | None, flag: str
         if p.is_dir():
             if not is_checkpoint_folder(p):
                 raise ValueError(f"{flag}: {p} is a folder without checkpoint.json (not an adapt3d checkpoint)")
-        elif not p.is_file() and hub._key(str(checkpoint)) not in hub.known_checkpoints():
+        elif not p.is_file() and hub.checkpoint_key(str(checkpoint)) not in hub.known_checkpoints():
             raise ValueError(f"{flag}: {checkpoint!r} is neither an existing file or folder nor a known "
                              f"name ({', '.join(sorted(hub.known_checkpoints()))})")
 
@@ -68,8 +68,8 @@ def load_generator(preset: str | None = None, checkpoint: str | None = None, see
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint {checkpoint}: {e}") from e
     source = {"checkpoint": str(checkpoint), "file": str(path), "format": "eg3d-pickle"}
-    if not p.is_file() and hub._key(str(checkpoint)) in hub.known_checkpoints():
+    if not p.is_file() and hub.checkpoint_key(str(checkpoint)) in hub.known_checkpoints():
         from adapt3d.models.known_models import KNOWN_MODELS, check_known_model
-        if hub._key(str(checkpoint)) in KNOWN_MODELS:  # a file that is not what the name stands for: say so
+        if hub.checkpoint_key(str(checkpoint)) in KNOWN_MODELS:  # a file that is not what the name stands for: say so
             notes = list(notes) + check_known_model(str(checkpoint), G)
     return LoadedGenerator(G, D, source, notes)

@@ -32,7 +32,6 @@ under ``"text_conditioning"``). Plain loaders (``render --checkpoint``) still lo
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch import nn
 from adapt3d.models.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from adapt3d.models.triplane import SynthesisOutput, TriPlaneGenerator
 from adapt3d.rendering.triplane import PLANE_AXES
-from adapt3d.utils.io import atomic_path
+from adapt3d.utils.io import atomic_path, sha256_file
 
 __all__ = ["TextConditioningConfig", "ConditionAdapters", "TriplaneCrossAttention", "TextConditionedGenerator",
            "BoundTextGenerator", "save_text_conditioned", "load_text_conditioned", "CONDITIONING_WEIGHTS",
@@ -303,14 +302,6 @@ class BoundTextGenerator:
         return self.model(z, c, self.text, c_cond, truncation_psi, truncation_cutoff, **kw)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_text_conditioned(metadata: dict) -> bool:
     return isinstance(metadata, dict) and isinstance(metadata.get(METADATA_KEY), dict)
 
@@ -331,7 +322,7 @@ def save_text_conditioned(folder: str | Path, model: TextConditionedGenerator,
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     meta = dict(metadata or {})
     meta[METADATA_KEY] = {"format": FORMAT, "version": 1, "config": model.cond_config.to_dict(),
-                          "weights": CONDITIONING_WEIGHTS, "sha256": _sha256(path),
+                          "weights": CONDITIONING_WEIGHTS, "sha256": sha256_file(path),
                           "text_encoder": dict(text_encoder or {})}
     return save_checkpoint(folder, model.base, discriminator, metadata=meta)
 
@@ -347,7 +338,7 @@ def load_text_conditioned(path: str | Path, load_discriminator: bool = False
     file = ck.path / entry.get("weights", CONDITIONING_WEIGHTS)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {ck.path}: conditioning weights {file.name} are missing")
-    digest = _sha256(file)
+    digest = sha256_file(file)
     if entry.get("sha256") and digest != entry["sha256"]:
         raise CheckpointError(f"checkpoint {ck.path}: {file.name} has sha256 {digest[:12]}..., the metadata records "
                               f"{entry['sha256'][:12]}... (incomplete write or a swapped file)")

@@ -20,31 +20,28 @@ Under ``torchrun`` every rank generates a shard of the dataset and trains data-p
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-import torch
-
+from adapt3d.export.options import RenderStageOptions
 from adapt3d.pipelines import finetune as finetune_pipeline
 from adapt3d.pipelines import make_dataset as make_dataset_pipeline
 from adapt3d.pipelines.finetune import finetune_done
-from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, render
-from adapt3d.pipelines.render import resolve_device
+from adapt3d.pipelines.render import RenderConfig, check_render_options
+from adapt3d.pipelines.stages import (AdaptResult, compare_is_current, finetune_stage_config, pick, render_stage,
+                                      render_stage_config, save_compare)
 from adapt3d.training.config import AugmentOp, FinetuneConfig, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import check_prompts, check_view_outputs, parse_seeds
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_prompts, flag_name, parse_seeds, resolve_device
 
-__all__ = ["AdaptConfig", "AdaptResult", "run", "stage_configs", "COMPARE_YAWS"]
-
-COMPARE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the three views per generator in compare.png
+__all__ = ["AdaptConfig", "AdaptResult", "run", "run_clip_method", "stage_configs", "validate"]
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(RenderStageOptions):
     """Adapt a 3D generator to a text prompt: make-dataset -> finetune -> render, with a source vs adapted grid
     (--method datid3d), or with CLIP losses (--method nada: text only; --method itportrait: a reference image and a
     text). Give --preset or --generator, and --prompt. Numbers left at None take the method's published values (or
@@ -99,18 +96,6 @@ class AdaptConfig:
     """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline (see adapt3d finetune --help)."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default: 50; tiny: half the run)."""
-    seeds: str = "0-3"
-    """Latent seeds of the renders and of compare.png."""
-    trunc: float = 0.7
-    """Truncation psi of the renders."""
-    video: Literal["none", "orbit", "yaw"] = "orbit"
-    """Video of the adapted generator."""
-    video_frames: int | None = None
-    """Frames of the video (48; tiny: 24)."""
-    mesh: Literal["none", "ply", "obj", "glb"] = "ply"
-    """Mesh format of the adapted generator's shapes."""
-    mesh_resolution: int | None = None
-    """Marching-cubes grid resolution (128; tiny: 64)."""
     instance_seed: int | None = None
     """One-shot instance-selected adaptation toward this seed's instance (see adapt3d.pipelines.instance)."""
     instance_latent: Path | None = None
@@ -124,43 +109,23 @@ class AdaptConfig:
     progress: bool = True
 
 
-@dataclass
-class AdaptResult:
-    out: Path
-    dataset: Path | None = None
-    final: Path | None = None
-    files: dict[str, object] = field(default_factory=dict)
-    stages: dict[str, dict] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def _pick(value, default, tiny_default, tiny: bool):
-    return value if value is not None else (tiny_default if tiny else default)
-
-
 def stage_configs(cfg: AdaptConfig) -> tuple[make_dataset_pipeline.MakeDatasetConfig, FinetuneConfig, RenderConfig]:
     """The configs of the three stages (what ``adapt`` runs; each is also a command of its own)."""
     tiny = cfg.preset == "tiny"
     out = Path(cfg.out)
     dataset = make_dataset_pipeline.MakeDatasetConfig(
         out=out / "target", preset=cfg.preset, generator=cfg.generator, prompt=tuple(cfg.prompt),
-        negative_prompt=cfg.negative_prompt, num_images=_pick(cfg.num_images, 1000, 32, tiny),
+        negative_prompt=cfg.negative_prompt, num_images=pick(cfg.num_images, 1000, 32, tiny),
         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-        num_inference_steps=_pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
+        num_inference_steps=pick(cfg.num_inference_steps, 50, 10, tiny), diffusion=cfg.diffusion,
         clip_model=cfg.clip_model, clip_threshold=cfg.clip_threshold, pose_filter=cfg.pose_filter, seed=cfg.seed,
         device=cfg.device, progress=cfg.progress)
-    kimg = _pick(cfg.kimg, 200.0, 0.2, tiny)
-    train = FinetuneConfig(
-        dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, generator=cfg.generator,
-        kimg=kimg, batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
-        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
-        snapshot_kimg=_pick(cfg.snapshot_kimg, 50.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
-        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    shows = RenderConfig(
-        out=out / "render", checkpoint=str(out / "train" / "final"), seeds=cfg.seeds, trunc=cfg.trunc,
-        video=cfg.video, video_frames=_pick(cfg.video_frames, 48, 24, tiny), mesh=cfg.mesh,
-        mesh_resolution=_pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device, progress=cfg.progress)
+    kimg = pick(cfg.kimg, 200.0, 0.2, tiny)
+    train = finetune_stage_config(cfg, out, kimg=kimg, snapshot_kimg=50.0, tiny=tiny)
+    shows = render_stage_config(cfg, out / "render", out / "train" / "final",
+                                video_frames=pick(cfg.video_frames, 48, 24, tiny),
+                                mesh_resolution=pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device,
+                                progress=cfg.progress)
     return dataset, train, shows
 
 
@@ -169,10 +134,7 @@ def _validate(cfg: AdaptConfig, stages) -> make_dataset_pipeline._Job:
     if not cfg.prompt:
         raise ValueError("--prompt: give the target domain, e.g. --prompt 'a 3D render of a face in Pixar style'")
     check_prompts(cfg.prompt)
-    parse_seeds(cfg.seeds)
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
-    check_view_outputs(video_frames=rcfg.video_frames, mesh_resolution=rcfg.mesh_resolution)
+    check_render_options(rcfg)  # seeds, truncation, video and mesh bounds
     check_output_folder(Path(cfg.out))
     validate_finetune_config(fcfg, world_info().world_size)
     return make_dataset_pipeline.validate(mcfg)  # prompts, diffusion/CLIP names, generator source, folder
@@ -190,55 +152,60 @@ def _dataset_done(mcfg, job) -> bool:
     if not (summary.is_file() and job_file.is_file() and (folder / "dataset" / "dataset.json").is_file()):
         return False
     old = json.loads(summary.read_text()).get("config")
-    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(mcfg).items()}
+    now = to_jsonable(asdict(mcfg))
     same_job = json.loads(job_file.read_text()).get("fingerprint") == make_dataset_pipeline.job_json(job)["fingerprint"]
     return same_job and json.loads(json.dumps(now)) == old
 
 
-@torch.no_grad()
-def compare_grid(source, adapted, seeds: list[int], trunc: float, device: torch.device):
-    """Rows of uint8 strips: for each seed, the source's and the adapted generator's views at ``COMPARE_YAWS``."""
-    from adapt3d.export.images import make_grid, to_uint8
-    rows = []
-    for G in (source, adapted):
-        G = G.to(device).eval()
-        ws = map_seeds(G, seeds, trunc, None, device)  # (S, num_ws, w_dim)
-        yaw = torch.tensor([math.pi / 2 + y for y in COMPARE_YAWS])
-        cams = default_cameras(G, yaw, torch.full_like(yaw, math.pi / 2)).to(device)
-        strips = []
-        for k in range(len(seeds)):
-            img = G.synthesis(ws[k:k + 1].expand(len(yaw), -1, -1), cams, noise_mode="const",
-                              sampling="deterministic").image
-            strips.append(make_grid(to_uint8(img.cpu()), nrow=len(yaw)))
-        rows.append(strips)
-    return [[rows[0][k], rows[1][k]] for k in range(len(seeds))]
-
-
 def _render_stage(cfg: AdaptConfig, rcfg: RenderConfig, final: Path, result: AdaptResult) -> None:
-    from adapt3d.export.images import contact_sheet, save_image
     from adapt3d.models.checkpoint import load_checkpoint
     from adapt3d.models.loading import load_generator
-    out = Path(cfg.out)
-    compare, summary = out / "compare.png", Path(rcfg.out) / "render.json"
-    stamp = (final / "checkpoint.json").stat().st_mtime
-    if compare.is_file() and summary.is_file() and min(compare.stat().st_mtime, summary.stat().st_mtime) > stamp \
-            and json.loads(summary.read_text()).get("config", {}).get("seeds") == rcfg.seeds:
-        result.stages["render"] = {"skipped": "up to date"}
-        result.files.update(json.loads(summary.read_text()).get("files", {}))
-        result.files["compare"] = str(compare)
-        return
-    t0 = time.time()
-    rendered = render(rcfg)
-    result.files.update(rendered.files)
-    result.notes += [n for n in rendered.notes if "random weights" not in n]
-    device = resolve_device(cfg.device)
-    seeds = parse_seeds(cfg.seeds)
-    source = load_generator(preset=cfg.preset, checkpoint=cfg.generator).generator
-    rows = compare_grid(source, load_checkpoint(final).generator, seeds, cfg.trunc, device)
-    captions = [[f"source, seed {s}", f"adapted, seed {s}"] for s in seeds]
-    save_image(compare, contact_sheet(rows, captions))
+    compare = Path(cfg.out) / "compare.png"
+    rendered = render_stage(rcfg, final, result)
+    if not compare_is_current(compare, final, rendered):
+        source = load_generator(preset=cfg.preset, checkpoint=cfg.generator).generator
+        save_compare(compare, source, load_checkpoint(final, load_discriminator=False).generator,
+                     parse_seeds(cfg.seeds), cfg.trunc, resolve_device(cfg.device))
     result.files["compare"] = str(compare)
-    result.stages["render"] = {"seconds": round(time.time() - t0, 2), "folder": str(rcfg.out)}
+
+
+# Options of `adapt3d adapt` that only DATID-3D uses, with their defaults (a changed one is an error for the others).
+_DATID_ONLY = {"negative_prompt": None, "num_images": None, "strength": 0.7, "guidance_scale": 8.0,
+               "num_inference_steps": None, "diffusion": "auto", "clip_threshold": None, "pose_filter": True,
+               "kimg": None, "batch": None, "snapshot_kimg": None, "freeze": ()}
+_SHARED = ("out", "preset", "generator", "seed", "device", "progress", "source_text", "steps",
+           *(f.name for f in fields(RenderStageOptions)))
+
+
+def run_clip_method(adapt_cfg: AdaptConfig) -> AdaptResult:
+    """``adapt3d adapt --method nada|itportrait``: map the shared AdaptConfig fields onto NadaConfig /
+    ITportraitConfig and run. Method-specific options are available on ``adapt3d nada`` / ``adapt3d itportrait``."""
+    from adapt3d.pipelines import itportrait, nada
+
+    method = getattr(adapt_cfg, "method", "nada")
+    if method not in ("nada", "itportrait"):
+        raise ValueError(f"--method: expected datid3d, nada or itportrait, got {method!r}")
+    changed = [k for k, v in _DATID_ONLY.items() if hasattr(adapt_cfg, k) and getattr(adapt_cfg, k) != v]
+    if changed:
+        flags = ", ".join(flag_name(k) for k in changed)
+        raise ValueError(f"{flags}: only used by --method datid3d; --method {method} trains with CLIP losses "
+                         f"(see adapt3d {method} --help for its options)")
+    prompts = tuple(getattr(adapt_cfg, "prompt", ()) or ())
+    if len(prompts) != 1:
+        raise ValueError(f"--prompt: --method {method} takes exactly one target text, got {len(prompts)}")
+    kw = {k: getattr(adapt_cfg, k) for k in _SHARED if hasattr(adapt_cfg, k)}
+    kw["prompt"] = prompts[0]
+    clip_model = getattr(adapt_cfg, "clip_model", "auto")
+    if clip_model == "none":
+        raise ValueError(f"--clip-model none: --method {method} is driven by CLIP; give a CLIP model or 'auto'")
+    if clip_model not in ("auto", None):
+        kw["clip_models"] = (clip_model,)
+    if method == "nada":
+        return nada.run(nada.NadaConfig(**kw))
+    kw["style_image"] = getattr(adapt_cfg, "style_image", None)
+    if getattr(adapt_cfg, "latent", None) is not None:
+        kw["latent"] = adapt_cfg.latent
+    return itportrait.run(itportrait.ITportraitConfig(**kw))
 
 
 def run(cfg: AdaptConfig) -> AdaptResult:
@@ -247,8 +214,7 @@ def run(cfg: AdaptConfig) -> AdaptResult:
         from adapt3d.pipelines import instance  # one-shot: one instance at many cameras -> translate -> finetune
         return instance.run(instance.config_from(cfg))
     if cfg.method != "datid3d":
-        from adapt3d.pipelines.nada import run_from_adapt
-        return run_from_adapt(cfg)  # OUT/train, OUT/render, OUT/compare.png, OUT/eval, OUT/<method>.json
+        return run_clip_method(cfg)  # OUT/train, OUT/render, OUT/compare.png, OUT/eval, OUT/<method>.json
     t0 = time.time()
     stages = stage_configs(cfg)
     mcfg, fcfg, rcfg = stages
@@ -283,7 +249,7 @@ def run(cfg: AdaptConfig) -> AdaptResult:
         kept = result.stages["dataset"].get("num_kept")
         result.notes.append(f"dataset {result.dataset}" + (f" ({kept} images kept)" if kept is not None else "")
                             + f"; adapted generator {result.final}; source vs adapted {result.files['compare']}")
-        summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        summary = {"config": to_jsonable(asdict(cfg)),
                    "stages": result.stages, "files": result.files, "notes": result.notes,
                    "seconds": round(result.seconds, 2)}
         atomic_write_json(Path(cfg.out) / "adapt.json", summary)

@@ -16,7 +16,7 @@ import tyro
 from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.models.hub import sha256_file
 from adapt3d.models.loading import check_generator_source, load_generator
-from adapt3d.pipelines.render import check_output_folder
+from adapt3d.utils.io import check_output_folder
 
 
 @dataclass

@@ -28,25 +28,24 @@ from typing import Callable, Sequence
 
 import torch
 
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
+from adapt3d.diffusion.loading import DEFAULT_DIFFUSION
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.text_conditioned import TextConditionedGenerator, TextConditioningConfig
-from adapt3d.pipelines.render import resolve_device
-from adapt3d.training.distill import DistillOutput, DistillTrainer
+from adapt3d.training.distill import DistillResult, DistillTrainer
 from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
-from adapt3d.training.run_folder import RunFolder, check_writable_folder
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import parse_seeds
+from adapt3d.training.run_folder import RunFolder
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import parse_seeds, resolve_device
 
-__all__ = ["DistillConfig", "DistillOutput", "run", "resolve_models", "evaluate_prompts"]
-
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+__all__ = ["DistillConfig", "DistillResult", "run", "resolve_models", "evaluate_prompts"]
 
 
 def resolve_models(cfg: DistillConfig) -> tuple[str, str | None]:
     """(diffusion name, CLIP name or None) after the tiny-demo defaults."""
     tiny = cfg.preset == "tiny"
-    diffusion = cfg.diffusion or ("tiny" if tiny else "stabilityai/stable-diffusion-2-1-base")
-    clip = cfg.clip_model or ("tiny" if tiny else DEFAULT_CLIP)
+    diffusion = cfg.diffusion or ("tiny" if tiny else DEFAULT_DIFFUSION)
+    clip = cfg.clip_model or ("tiny" if tiny else DEFAULT_CLIP_MODEL)
     return diffusion, None if clip == "none" else clip
 
 
@@ -63,7 +62,7 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
     from adapt3d.metrics.diversity import mean_pairwise_distance
     from adapt3d.metrics.report import ReportFigure, ReportTable, write_report_html
     from adapt3d.pipelines.generate import generate_samples, write_outputs
-    from adapt3d.pipelines.render import default_cameras
+    from adapt3d.models.latents import default_cameras
     from adapt3d.training.distill_eval import image_features, prompt_metrics, render_fixed
 
     notes = notes if notes is not None else []
@@ -98,14 +97,14 @@ def evaluate_prompts(model: TextConditionedGenerator, texts: torch.Tensor, promp
     return metrics
 
 
-def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillOutput:
+def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]] = ()) -> DistillResult:
     """Distil as configured (see the module docstring). Raises ValueError naming the flag on bad input."""
     from adapt3d.diffusion.sds import ScoreDistillation
     t0 = time.time()
     prompts = validate_distill_config(cfg)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    out = check_writable_folder(Path(cfg.out))
+    out = check_output_folder(Path(cfg.out))
     run_folder = RunFolder(out, echo=cfg.progress)
     identity = distill_identity(cfg, prompts)
     resume_from = run_folder.resume_point(cfg.resume, identity)
@@ -162,7 +161,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     if resume_from is not None and resume_from.parent == run_folder.snapshots_dir:
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
     options = {"identity": identity,
-               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+               "options": to_jsonable(vars(cfg)),
                "resolved": {"diffusion": diffusion, "clip_model": clip_name, "device": str(device),
                             "generator": loaded.source, "prompts": prompts, "conditioning": cond_cfg.to_dict(),
                             "conditioning_parameters": sum(p.numel() for p in model.conditioning_parameters()),

@@ -31,19 +31,20 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.cameras import make_pose_sampler
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
 from adapt3d.export.images import save_image, to_uint8
 from adapt3d.metrics import clip_metrics, diversity, fid, inception, lpips as lpips_mod
 from adapt3d.metrics.eval_report import write_eval_report
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
-from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, render_views, resolve_device
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import check_text, parse_seeds
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.pipelines.render import render_views
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, check_text, check_trunc, flag_name, parse_seeds, resolve_device
 
 __all__ = ["EvalConfig", "EvalResult", "run", "validate", "METRICS", "DEMO_PROMPT"]
 
 METRICS = ("clip", "diversity", "view", "fid")
 DEMO_PROMPT = "a 3D render of a face in Pixar style"
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 @dataclass
@@ -159,10 +160,6 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _check_generator(flag: str, value: str | None) -> None:
     from adapt3d.models.loading import check_generator_source
 
@@ -199,12 +196,9 @@ def validate(cfg: EvalConfig) -> list[int]:
         raise ValueError(f"--num-samples/--seeds: need at least 2 samples, got {len(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: seeds must be distinct, got {cfg.seeds!r}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
-    for name in ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples",
-                 "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+    check_trunc(cfg.trunc)
+    check_at_least(cfg, ("num_clusters", "max_pairs_per_cluster", "view_num_samples", "kid_subsets", "grid_samples",
+                         "batch_size"))
     if cfg.kid_subset_size < 2:
         raise ValueError(f"--kid-subset-size: must be >= 2, got {cfg.kid_subset_size}")
     if len(cfg.view_yaws_deg) < 2:
@@ -239,11 +233,11 @@ def _check_weight_options(cfg: EvalConfig) -> None:
     for name in ("lpips_alex_sha256", "lpips_vgg_sha256", "lpips_heads_sha256", "inception_sha256"):
         value = getattr(cfg, name)
         if value is not None and (len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value)):
-            raise ValueError(f"{_flag(name)}: expected 64 hex digits (a sha256), got {value!r}")
+            raise ValueError(f"{flag_name(name)}: expected 64 hex digits (a sha256), got {value!r}")
     other = "vgg" if cfg.lpips_net == "alex" else "alex"
     for name in (f"lpips_{other}_weights", f"lpips_{other}_sha256"):
         if getattr(cfg, name) is not None:
-            raise ValueError(f"{_flag(name)}: applies to --lpips-net {other}, but --lpips-net is {cfg.lpips_net}; "
+            raise ValueError(f"{flag_name(name)}: applies to --lpips-net {other}, but --lpips-net is {cfg.lpips_net}; "
                              f"use --lpips-{cfg.lpips_net}-weights / --lpips-{cfg.lpips_net}-sha256 or --lpips-net "
                              f"{other}")
     if cfg.lpips_net == "alex" and cfg.lpips_resolution is not None and cfg.lpips_resolution < 31:
@@ -251,7 +245,7 @@ def _check_weight_options(cfg: EvalConfig) -> None:
     if _fid_feature(cfg) == "clip":
         for name in ("inception_weights", "inception_sha256"):
             if getattr(cfg, name) is not None:
-                raise ValueError(f"{_flag(name)}: applies to --fid-feature inception, but the FID features are "
+                raise ValueError(f"{flag_name(name)}: applies to --fid-feature inception, but the FID features are "
                                  "clip")
         if cfg.fid_inception_preprocess != "tensorflow":
             raise ValueError(f"--fid-inception-preprocess {cfg.fid_inception_preprocess}: applies to --fid-feature "
@@ -273,7 +267,7 @@ def _lpips_backbone(cfg: EvalConfig) -> tuple[str | None, str | None]:
 
 
 def _clip_name(cfg: EvalConfig) -> str:
-    return cfg.clip_model or ("tiny" if cfg.preset is not None else DEFAULT_CLIP)
+    return cfg.clip_model or ("tiny" if cfg.preset is not None else DEFAULT_CLIP_MODEL)
 
 
 def _load_lpips(cfg: EvalConfig, warnings: list[str]) -> lpips_mod.LPIPS:
@@ -494,7 +488,7 @@ def run(cfg: EvalConfig) -> EvalResult:
         "models": {"adapted": _source_id(st.loaded["adapted"]), "source": _source_id(st.loaded["source"]),
                    "clip": st.clip_name, "lpips": lp.source if lp is not None else None,
                    "lpips_random_weights": bool(lp is not None and lp.random_weights)},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "settings": to_jsonable(asdict(cfg)),
         "seeds": seeds, "cameras": {"pose_sampler": cfg.pose_sampler, "seed": cfg.seed,
                                     "yaw": st.poses.yaw.tolist(), "pitch": st.poses.pitch.tolist()},
         "metrics": results, "warnings": st.warnings, "notes": st.notes + list(st.loaded["adapted"].notes),

@@ -25,14 +25,15 @@ from adapt3d.data.eg3d_dataset import DatasetError, EG3DDataset, check_camera_la
 from adapt3d.models.discriminator import DualDiscriminator, DualDiscriminatorConfig, build_discriminator
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.triplane import TriPlaneGenerator
-from adapt3d.pipelines.render import resolve_device
 from adapt3d.training.config import FinetuneConfig, options_for_identity, validate_finetune_config
 from adapt3d.training.distributed import barrier, init_distributed, world_info
-from adapt3d.training.loop import FinetuneOutput, Trainer, TrainingDiverged
-from adapt3d.training.run_folder import RunFolder, check_writable_folder
+from adapt3d.training.loop import FinetuneResult, Trainer, TrainingDiverged
+from adapt3d.training.run_folder import RunFolder
 from adapt3d.training.schedules import resolve_rendering_schedule, uses_official_weights
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import resolve_device
 
-__all__ = ["FinetuneConfig", "FinetuneOutput", "TrainingDiverged", "run", "default_discriminator",
+__all__ = ["FinetuneConfig", "FinetuneResult", "TrainingDiverged", "run", "default_discriminator",
            "check_dataset_for_generator", "prepare_dataset"]
 
 
@@ -111,14 +112,14 @@ def _components(cfg: FinetuneConfig, info, batch_gpu: int):
     return G, D, dataset, loaded.source, notes
 
 
-def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> FinetuneOutput:
+def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()) -> FinetuneResult:
     """Fine-tune as configured; see the module docstring. Raises ValueError (naming the flag) on bad input."""
     t0 = time.time()
     info = world_info()
     batch_gpu = validate_finetune_config(cfg, info.world_size)
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     device = resolve_device(cfg.device)
-    out = check_writable_folder(Path(cfg.out))
+    out = check_output_folder(Path(cfg.out))
     EG3DDataset(cfg.dataset)  # format, emptiness, missing files: before loading a (possibly large) generator
     run_folder = RunFolder(out, is_main=info.is_main, echo=cfg.progress)
     identity = options_for_identity(cfg)
@@ -137,7 +138,7 @@ def run(cfg: FinetuneConfig, callbacks: Sequence[Callable[[Trainer], None]] = ()
         if schedule.final is not None else f"{schedule.initial} px throughout"))
     run_folder.write_options({
         "identity": identity,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+        "options": to_jsonable(vars(cfg)),
         "resolved": {"world_size": info.world_size, "batch_gpu": batch_gpu, "device": str(device),
                      "neural_rendering": schedule.to_dict(),
                      "generator": source, "dataset_images": dataset.num_images, "dataset_items": len(dataset),

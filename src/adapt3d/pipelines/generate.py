@@ -19,23 +19,23 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from adapt3d.cameras import frontal_label, orbit_trajectory, yaw_sweep
+from adapt3d.cameras import video_trajectory
 from adapt3d.export.images import make_grid, save_image, to_uint8
-from adapt3d.export.mesh import density_grid, extract_mesh, save_mesh
+from adapt3d.export.mesh import generator_mesh, save_mesh
+from adapt3d.export.options import MediaOptions, ViewOptions
 from adapt3d.export.video import write_video
-from adapt3d.pipelines.render import check_output_folder, default_cameras, latents, resolve_device
-from adapt3d.utils.io import atomic_write_json
-from adapt3d.utils.parsing import check_text, check_view_outputs, parse_seeds
+from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
+from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_text, parse_seeds, resolve_device
 
 __all__ = ["GenerateConfig", "GenerateResult", "run", "generate_samples", "GeneratedSamples", "write_outputs"]
 
 
-@dataclass
-class GenerateConfig:
+@dataclass(kw_only=True)
+class GenerateConfig(MediaOptions, ViewOptions):
     """Generate 3D-aware images, orbit videos and meshes for a prompt with a distilled text-conditioned generator
     (one forward pass per sample)."""
 
@@ -46,29 +46,8 @@ class GenerateConfig:
     out: Path = Path("runs/generate")
     """Output folder (created if missing)."""
     seeds: str = "0-7"
-    """Latent seeds: ranges and lists, e.g. '0-7' or '1,5,9'."""
-    trunc: float = 0.7
-    """Truncation psi (1 = none)."""
-    trunc_cutoff: int | None = None
-    """Number of w layers truncated (None = all)."""
     diffusion: str | None = None
     """Text encoder source (a Stable Diffusion folder or id); default: the one recorded in the checkpoint."""
-    yaw_deg: float = 0.0
-    """Camera yaw offset from frontal of the still images, degrees."""
-    pitch_deg: float = 0.0
-    """Camera pitch offset from frontal of the still images, degrees."""
-    video: Literal["none", "orbit", "yaw"] = "none"
-    """Video of all seeds (a grid): EG3D's orbit, a yaw sweep, or none."""
-    video_format: Literal["mp4", "gif"] = "mp4"
-    video_frames: int = 48
-    fps: int = 24
-    mesh: Literal["none", "ply", "obj", "glb"] = "none"
-    """Coloured mesh per seed (marching cubes of the density)."""
-    mesh_resolution: int = 128
-    """Density grid resolution per axis."""
-    mesh_level: float | None = None
-    """Density iso-level; None = 10 (EG3D), or the field's midpoint when it never crosses 10 (noted)."""
-    batch_size: int = 4
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda[:i]'."""
     progress: bool = True
@@ -105,15 +84,8 @@ def validate(cfg: GenerateConfig) -> list[int]:
     if not (ck / "checkpoint.json").is_file():
         raise ValueError(f"--checkpoint: {ck} is not a checkpoint folder (no checkpoint.json); pass the final/ or a "
                          "snapshots/snapshot-XXXXXX folder of an `adapt3d distill` run")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
-    for name in ("video_frames", "fps", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.mesh != "none" and cfg.mesh_resolution < 8:
-        raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
-    check_view_outputs(video_frames=cfg.video_frames, mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none"
-                       else None, yaw_deg=cfg.yaw_deg, pitch_deg=cfg.pitch_deg)
+    cfg.check_views()
+    cfg.check_media()
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     return seeds
@@ -125,16 +97,14 @@ def generate_samples(model, text: torch.Tensor | None, seeds: list[int], cameras
     """The forward pass for each seed: ws, planes and one image at ``cameras`` (S, 25). ``model`` is a
     :class:`adapt3d.models.text_conditioned.TextConditionedGenerator`, ``text`` (1, L, D) or None."""
     device = next(model.parameters()).device
-    z = latents(seeds, model.z_dim).to(device)
-    r = model.rendering
+    z = seed_latents(seeds, model.z_dim).to(device)
     ws_all, planes_all, images = [], [], []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for i in range(0, len(seeds), batch_size):
         zb = z[i:i + batch_size]
-        c_cond = frontal_label(r.avg_camera_radius, r.avg_camera_pivot, model.config.camera_fov_deg,
-                               batch_size=zb.shape[0]).to(device)
+        c_cond = frontal_cameras(model, zb.shape[0]).to(device)
         ws = model.mapping(zb, c_cond, text, truncation_psi=trunc, truncation_cutoff=trunc_cutoff)
         planes = model.planes(ws, text, noise_mode="const")
         out = model.synthesis(ws, cameras[i:i + batch_size].to(device), planes=planes, noise_mode="const",
@@ -145,23 +115,6 @@ def generate_samples(model, text: torch.Tensor | None, seeds: list[int], cameras
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return GeneratedSamples(torch.cat(ws_all), torch.cat(planes_all), torch.cat(images), time.perf_counter() - t0)
-
-
-@torch.no_grad()
-def _mesh(model, planes: torch.Tensor, resolution: int, level: float | None, notes: list[str], seed: int):
-    half = model.rendering.box_warp / 2
-    bounds = ((-half,) * 3, (half,) * 3)
-    device = planes.device
-    query = lambda pts: model.base.sample_density(pts[None].to(device), planes=planes)["sigma"][0, :, 0]  # noqa
-    sigma = density_grid(query, bounds, resolution, device=device)
-    lvl = 10.0 if level is None else level
-    lo, hi = float(sigma.min()), float(sigma.max())
-    if level is None and not lo < lvl < hi:
-        lvl = (lo + hi) / 2
-        notes.append(f"seed {seed}: density range [{lo:.3g}, {hi:.3g}] never crosses 10; mesh at the midpoint "
-                     f"{lvl:.3g} instead")
-    colors = lambda v: model.base.sample_density(v[None].to(device), planes=planes)["rgb"][0, :, :3].clamp(0, 1)  # noqa
-    return extract_mesh(sigma, lvl, bounds, colors_fn=colors)
 
 
 def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path, *, video: str = "none",
@@ -179,8 +132,7 @@ def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path,
     files["grid"] = [str(save_image(out / "grid.png", make_grid(u8)))]
     n = len(seeds)
     if video != "none":
-        poses = orbit_trajectory(video_frames) if video == "orbit" else yaw_sweep(
-            video_frames, math.pi / 2 - 0.5, math.pi / 2 + 0.5)
+        poses = video_trajectory(video, video_frames)
 
         @torch.no_grad()
         def frames():
@@ -201,7 +153,7 @@ def write_outputs(model, samples: GeneratedSamples, seeds: list[int], out: Path,
         for k, s in enumerate(seeds):
             if mesh_seeds is not None and s not in mesh_seeds:
                 continue
-            m = _mesh(model, samples.planes[k:k + 1], mesh_resolution, mesh_level, notes, s)
+            m = generator_mesh(model.base, samples.planes[k:k + 1], mesh_resolution, mesh_level, notes, f"seed {s}: ")
             files.setdefault("mesh", []).append(str(save_mesh(out / f"seed{s:04d}.{mesh}", m)))
     return files
 
@@ -245,7 +197,7 @@ def run(cfg: GenerateConfig) -> GenerateResult:
                                  mesh_resolution=cfg.mesh_resolution, mesh_level=cfg.mesh_level,
                                  batch_size=cfg.batch_size, progress=cfg.progress, notes=result.notes)
     result.seconds = time.time() - t_start
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "diffusion": diffusion, "prompt": cfg.prompt, "seeds": seeds, "files": result.files,
                "notes": result.notes, "device": str(device),
                "timing": {"forward_s_per_sample": samples.seconds / len(seeds), "prompt_encoding_s": encode_s,

@@ -38,16 +38,21 @@ from typing import Literal
 import torch
 
 from adapt3d.data.target_dataset import completed_indices
-from adapt3d.pipelines.adapt import AdaptResult, compare_grid
+from adapt3d.export.options import RenderStageOptions
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.pipelines.finetune import finetune_done
-from adapt3d.pipelines.make_dataset import DEFAULT_DIFFUSION
-from adapt3d.pipelines.render import RenderConfig, check_output_folder, default_cameras, map_seeds, resolve_device
+from adapt3d.pipelines.render import check_render_options
+from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_current, finetune_stage_config, pick,
+                                      render_stage, render_stage_config, save_compare)
+from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
 
 __all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs"]
 
 
 @dataclass
-class InstanceConfig:
+class InstanceConfig(RenderStageOptions):
     """Adapt a 3D generator toward ONE instance (a seed or an inverted latent) in a text-described domain: render
     it at many cameras, translate each view several times, filter, fine-tune, render. Give --preset or
     --generator, --instance-seed or --instance-latent, and --prompt. Numbers left at None take the defaults below
@@ -102,18 +107,8 @@ class InstanceConfig:
     """Discriminator augmentations while fine-tuning; bgc = EG3D's full ADA pipeline."""
     snapshot_kimg: float | None = None
     """kimg between fine-tuning snapshots (default 10; tiny: half the run)."""
-    seeds: str = "0-3"
-    """Latent seeds of the adapted generator's renders and of compare.png."""
     trunc: float = 0.7
-    """Truncation psi of --instance-seed and of the renders."""
-    video: Literal["none", "orbit", "yaw"] = "orbit"
-    """Videos of the adapted generator and of the instance through it."""
-    video_frames: int | None = None
-    """Frames of the videos (48; tiny: 24)."""
-    mesh: Literal["none", "ply", "obj", "glb"] = "ply"
-    """Mesh format of the adapted generator's shapes (seeds and instance)."""
-    mesh_resolution: int | None = None
-    """Marching-cubes grid resolution (128; tiny: 64)."""
+    """Truncation psi in [0, 2] of --instance-seed and of the renders (1 = none)."""
     seed: int = 0
     """Job seed: the views' camera and diffusion seeds derive from it (make-dataset's plan), and fine-tuning's."""
     device: str = "auto"
@@ -132,33 +127,21 @@ def config_from(options, **overrides) -> InstanceConfig:
     return InstanceConfig(**kw)
 
 
-def _pick(value, default, tiny_default, tiny: bool):
-    return value if value is not None else (tiny_default if tiny else default)
-
-
 def stage_configs(cfg: InstanceConfig):
     """(numbers, FinetuneConfig, RenderConfig) of the run; numbers: num_images, samples_per_view, num_views,
     num_inference_steps."""
-    from adapt3d.training.config import FinetuneConfig
     tiny = cfg.preset == "tiny"
     out = Path(cfg.out)
-    spv = _pick(cfg.samples_per_view, 4, 2, tiny)
-    n = _pick(cfg.num_images, 128, 16, tiny)
+    spv = pick(cfg.samples_per_view, 4, 2, tiny)
+    n = pick(cfg.num_images, 128, 16, tiny)
     numbers = {"num_images": n, "samples_per_view": spv, "num_views": math.ceil(n / max(spv, 1)),
-               "num_inference_steps": _pick(cfg.num_inference_steps, 50, 10, tiny)}
-    kimg = _pick(cfg.kimg, 50.0, 0.2, tiny)
-    known = {f.name for f in fields(FinetuneConfig)}
-    source = {"generator": cfg.generator} if "generator" in known else {"checkpoint": cfg.generator}
-    train = FinetuneConfig(
-        dataset=out / "target" / "dataset", out=out / "train", preset=cfg.preset, **source, kimg=kimg,
-        batch=_pick(cfg.batch, 20, 4, tiny), freeze=tuple(cfg.freeze),
-        neural_rendering_schedule=cfg.neural_rendering_schedule, augment_ops=tuple(cfg.augment_ops),
-        snapshot_kimg=_pick(cfg.snapshot_kimg, 10.0, kimg / 2, tiny), tick_kimg=kimg / 10 if tiny else 1.0,
-        sample_seeds=cfg.seeds, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    shows = RenderConfig(
-        out=out / "render", checkpoint=str(out / "train" / "final"), seeds=cfg.seeds, trunc=cfg.trunc,
-        video=cfg.video, video_frames=_pick(cfg.video_frames, 48, 24, tiny), mesh=cfg.mesh,
-        mesh_resolution=_pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device, progress=cfg.progress)
+               "num_inference_steps": pick(cfg.num_inference_steps, 50, 10, tiny)}
+    kimg = pick(cfg.kimg, 50.0, 0.2, tiny)
+    train = finetune_stage_config(cfg, out, kimg=kimg, snapshot_kimg=10.0, tiny=tiny)
+    shows = render_stage_config(cfg, out / "render", out / "train" / "final",
+                                video_frames=pick(cfg.video_frames, 48, 24, tiny),
+                                mesh_resolution=pick(cfg.mesh_resolution, 128, 64, tiny), device=cfg.device,
+                                progress=cfg.progress)
     return numbers, train, shows
 
 
@@ -172,7 +155,7 @@ def validate(cfg: InstanceConfig) -> dict:
     from adapt3d.inversion.latent_file import load_latent
     from adapt3d.models.loading import check_generator_source
     from adapt3d.training.config import validate_finetune_config
-    from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, check_view_outputs, parse_seeds
+    from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     if (cfg.instance_seed is None) == (cfg.instance_latent is None):
@@ -191,22 +174,16 @@ def validate(cfg: InstanceConfig) -> dict:
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, numbers["num_inference_steps"], "pndm",
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_view"):
-        check_int(numbers[name], f"--{name.replace('_', '-')}", 1, MAX_NUM_IMAGES)
+        check_int(numbers[name], flag_name(name), 1, MAX_NUM_IMAGES)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {cfg.batch_size}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]")
     if cfg.clip_threshold is not None and not -1 <= cfg.clip_threshold <= 1:
         raise ValueError(f"--clip-threshold: {cfg.clip_threshold} is not a cosine similarity in [-1, 1]")
-    parse_seeds(cfg.seeds)
-    check_view_outputs(video_frames=shows.video_frames, mesh_resolution=shows.mesh_resolution)
+    check_render_options(shows)  # seeds, truncation, video and mesh bounds
     validate_finetune_config(train)
-    tiny = cfg.preset == "tiny"
-    clip = None if cfg.clip_model == "none" else (
-        ("tiny" if tiny else "openai/clip-vit-base-patch32") if cfg.clip_model == "auto" else cfg.clip_model)
+    diffusion, clip = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip is None and cfg.clip_threshold is not None:
         raise ValueError("--clip-model none: --clip-threshold needs a CLIP model")
-    diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     resolve_pretrained(diffusion, "stable-diffusion", "--diffusion")
@@ -276,9 +253,8 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
 
     from adapt3d.cameras import make_pose_sampler
     from adapt3d.data.manifest import Manifest
-    from adapt3d.data.target_dataset import MANIFEST, TargetPlan, TargetRecord, image_relpath, source_relpath
+    from adapt3d.data.target_dataset import MANIFEST, TargetPlan
     from adapt3d.data.target_filters import PoseConsistencyFilter
-    from adapt3d.export.images import save_image, to_uint8
     from adapt3d.inversion.projector import use_noise
 
     nums = parts["numbers"]
@@ -295,51 +271,21 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
             if all(it.index in done for it in items):
                 continue
             views = list(plan.batch_sources(b))
-            poses = [sampler.sample(1, torch.Generator().manual_seed(plan.item(j * plan.samples_per_source).pose_seed))
-                     for j in views]
-            yaw, pitch = torch.cat([p.yaw for p in poses]), torch.cat([p.pitch for p in poses])  # (S,)
-            if cfg.instance_latent is not None and views[0] == 0:  # view 0: the photo's own camera
+            yaw, pitch = source_poses(plan, sampler, views)  # (S,)
+            photo_view = cfg.instance_latent is not None and views[0] == 0
+            if photo_view:  # view 0: the photo's own camera
                 yaw[0], pitch[0] = code.yaw, code.pitch
             labels = default_cameras(G, yaw, pitch)  # (S, 25)
-            if cfg.instance_latent is not None and views[0] == 0:
+            if photo_view:
                 labels[0] = code.camera[0]  # exactly the photo's camera (its radius and field of view)
-            src = G.synthesis(ws_one.expand(len(views), -1, -1), labels.to(device), noise_mode="const",
-                              sampling="deterministic").image
-            src_u8 = to_uint8(src.cpu())  # (S, H, W, 3): what is saved and what diffusion sees
-            src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-            local = [it.source - views[0] for it in items]
-            out = translator(src_q[local], [it.prompt for it in items], negative_prompt=cfg.negative_prompt,
-                             strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-                             num_inference_steps=nums["num_inference_steps"],
-                             seeds=[it.diffusion_seed for it in items])
-            tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
-            tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-            scores: list[dict] = [{} for _ in items]
-            if scorer is not None:
-                for s, v in zip(scores, scorer.score(tgt_q, [it.prompt for it in items]).cpu().tolist()):
-                    s["clip"] = v
-            if pose_filter is not None:
-                def render(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                    c = default_cameras(G, y, p).to(device)
-                    return G.synthesis(ws_one.expand(len(y), -1, -1), c, noise_mode="const",
-                                       sampling="deterministic").image.cpu()
-                ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
-                for k, s in enumerate(scores):
-                    s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-            for k, it in enumerate(items):
-                if it.index in done:
-                    continue
-                j = it.source - views[0]
-                save_image(folder / source_relpath(it.source), src_u8[j])
-                save_image(folder / image_relpath(it.index), tgt_u8[k])
-                manifest.append(TargetRecord(
-                    index=it.index, source=it.source, sample=it.sample, latent_seed=latent_seed,
-                    pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
-                    negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
-                    label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-                    source_image=source_relpath(it.source), scores=scores[k]).to_dict())
-                made += 1
-                bar.update(1)
+            batch = translate_and_score(G, ws_one.expand(len(views), -1, -1), labels, yaw, pitch, items, views[0],
+                                        translator, scorer, pose_filter, negative_prompt=cfg.negative_prompt,
+                                        strength=cfg.strength, guidance_scale=cfg.guidance_scale,
+                                        num_inference_steps=nums["num_inference_steps"])
+            n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt,
+                              latent_seed=latent_seed)
+            made += n
+            bar.update(n)
     bar.close()
     return made
 
@@ -390,45 +336,33 @@ def _dataset_stage(cfg: InstanceConfig, parts: dict, G, code, device, result: Ad
 
 
 def _render_stage(cfg: InstanceConfig, parts: dict, G_src, code, device, result: AdaptResult) -> None:
-    from adapt3d.export.images import contact_sheet, save_image
+    """Render the adapted generator at --seeds and the instance through it; compare.png: the instance, then the
+    seeds, source vs adapted."""
+    from adapt3d.export.images import make_grid, to_uint8
+    from adapt3d.inversion.projector import use_noise
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent
     from adapt3d.models.checkpoint import load_checkpoint
-    from adapt3d.pipelines.render import render
-    from adapt3d.utils.parsing import parse_seeds
 
     out, shows, final = Path(cfg.out), parts["render"], Path(parts["train"].out) / "final"
-    compare, summary = out / "compare.png", Path(shows.out) / "render.json"
-    stamp = (final / "checkpoint.json").stat().st_mtime
-    if compare.is_file() and summary.is_file() and min(compare.stat().st_mtime, summary.stat().st_mtime) > stamp \
-            and json.loads(summary.read_text()).get("config", {}).get("seeds") == shows.seeds:
-        result.stages["render"] = {"skipped": "up to date"}
-        result.files["compare"] = str(compare)
+    compare = out / "compare.png"
+    rendered = render_stage(shows, final, result)
+    result.files["compare"] = str(compare)
+    if compare_is_current(compare, final, rendered):
         return
-    t0 = time.time()
-    rendered = render(shows)
-    result.files.update(rendered.files)
-    result.notes += [n for n in rendered.notes if "random weights" not in n and n not in result.notes]
     adapted = load_checkpoint(final, load_discriminator=False).generator.to(device).eval()
     inst = render_latent(adapted, code, Path(shows.out) / "instance",
                          RenderLatentConfig.from_options(shows, name="instance"), flag="--instance-latent")
     result.files.update({f"instance_{k}": v for k, v in inst.files.items()})
-    seeds = parse_seeds(cfg.seeds)
-    yaw = torch.tensor([math.pi / 2 - 0.4, math.pi / 2, math.pi / 2 + 0.4])
+    yaw = torch.tensor([math.pi / 2 + y for y in COMPARE_YAWS])
     strips = []
-    from adapt3d.export.images import make_grid, to_uint8
-    from adapt3d.inversion.projector import use_noise
     for G in (G_src, adapted):
         cams = default_cameras(G, yaw, torch.full_like(yaw, float(code.pitch))).to(device)
         with torch.no_grad(), use_noise(G, code.noise):
-            img = G.synthesis(code.ws.to(device).expand(3, -1, -1), cams, noise_mode="const",
+            img = G.synthesis(code.ws.to(device).expand(len(yaw), -1, -1), cams, noise_mode="const",
                               sampling="deterministic").image
-        strips.append(make_grid(to_uint8(img.cpu()), nrow=3))
-    rows = [strips] + compare_grid(G_src, adapted, seeds, cfg.trunc, device)
-    captions = [["instance, source", "instance, adapted"]] + [[f"source, seed {s}", f"adapted, seed {s}"]
-                                                               for s in seeds]
-    save_image(compare, contact_sheet(rows, captions))
-    result.files["compare"] = str(compare)
-    result.stages["render"] = {"seconds": round(time.time() - t0, 2), "folder": str(shows.out)}
+        strips.append(make_grid(to_uint8(img.cpu()), nrow=len(yaw)))
+    save_compare(compare, G_src, adapted, parse_seeds(cfg.seeds), cfg.trunc, device, first_rows=[strips],
+                 first_captions=[["instance, source", "instance, adapted"]])
 
 
 def run(cfg: InstanceConfig) -> AdaptResult:
@@ -473,7 +407,7 @@ def run(cfg: InstanceConfig) -> AdaptResult:
     result.notes.append(f"instance {result.files['instance_latent']}; dataset {result.dataset}; adapted generator "
                         f"{result.final}; instance and seeds, source vs adapted: {result.files['compare']}")
     atomic_write_json(out / "adapt.json", {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": to_jsonable(asdict(cfg)),
         "generator": loaded.source, "diffusion": parts["diffusion"], "clip_model": parts["clip"],
         "stages": result.stages, "files": result.files, "notes": result.notes,
         "seconds": round(result.seconds, 2)})

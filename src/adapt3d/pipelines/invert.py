@@ -37,8 +37,9 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.parsing import check_view_outputs
+from adapt3d.clip.model import DEFAULT_CLIP_MODEL
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, check_view_outputs, flag_name, resolve_device
 
 __all__ = ["InvertConfig", "InvertResult", "run", "validate"]
 
@@ -151,10 +152,6 @@ class InvertResult:
     seconds: float = 0.0
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def validate(cfg: InvertConfig) -> dict:
     """Check every option, the image, the camera file and the output folder before any model loads; returns the
     parts the run needs (projector / search / PTI configs, the image's sha256)."""
@@ -169,16 +166,14 @@ def validate(cfg: InvertConfig) -> dict:
     read_image(cfg.image, background=cfg.background, arg="image")  # unreadable files fail here
     if cfg.loss not in LOSS_KINDS:
         raise ValueError(f"--loss: {cfg.loss!r} is not one of {', '.join(LOSS_KINDS)}")
-    for name in ("video_frames", "fps", "mesh_resolution"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("video_frames", "fps", "mesh_resolution"))
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
     check_view_outputs(video_frames=cfg.video_frames,
                        mesh_resolution=cfg.mesh_resolution if cfg.mesh != "none" else None)
     for name in ("mse_weight", "clip_weight"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
-            raise ValueError(f"{_flag(name)}: must be >= 0, got {getattr(cfg, name)}")
+            raise ValueError(f"{flag_name(name)}: must be >= 0, got {getattr(cfg, name)}")
     refine = cfg.camera is None if cfg.refine_camera is None else cfg.refine_camera
     projector = ProjectorConfig(space=cfg.space, num_steps=cfg.num_steps, lr=cfg.lr, w_noise=cfg.w_noise,
                                 optimize_noise=cfg.optimize_noise, noise_regularize=cfg.noise_regularize,
@@ -227,10 +222,10 @@ def _clip_name(cfg: InvertConfig) -> str | None:
     if cfg.clip_model != "auto":
         return cfg.clip_model
     try:
-        resolve_pretrained("openai/clip-vit-base-patch32", "clip")
+        resolve_pretrained(DEFAULT_CLIP_MODEL, "clip")
     except (PretrainedNotFoundError, ValueError):
         return None
-    return "openai/clip-vit-base-patch32"
+    return DEFAULT_CLIP_MODEL
 
 
 def run(cfg: InvertConfig) -> InvertResult:
@@ -270,7 +265,7 @@ def run(cfg: InvertConfig) -> InvertResult:
     notes += choice.notes
     loss_fn = choice.loss
     target = target.to(device)
-    summary: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary: dict = {"config": to_jsonable(asdict(cfg)),
                      "generator": loaded.source, "input_size": list(original_hw), "loss": choice.loss.describe(),
                      "fingerprint": {"latent": fp_latent}}
     latent_path = out / latent_file.LATENT_PT

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from adapt3d.pipelines.nada import ClipAdaptResult, output_stages, preflight, train_stage, write_summary
+from adapt3d.pipelines.clip_adaptation import output_stages, preflight, train_stage, write_summary
+from adapt3d.pipelines.stages import AdaptResult
 from adapt3d.training.itp_config import ITportraitConfig, validate_itportrait
 from adapt3d.training.nada_config import resolved
 
@@ -71,7 +72,7 @@ def prepare_reference(cfg: ITportraitConfig, G, device: torch.device, notes: lis
     return Reference(ws=code.ws, camera=code.camera, image=target), code
 
 
-def run(cfg: ITportraitConfig) -> ClipAdaptResult:
+def run(cfg: ITportraitConfig) -> AdaptResult:
     """Run (or resume) ITportrait; see the module docstring. Every option is checked before a model loads."""
     from adapt3d.inversion.losses import make_reconstruction_loss
     from adapt3d.inversion.render_latent import RenderLatentConfig, render_latent
@@ -82,7 +83,7 @@ def run(cfg: ITportraitConfig) -> ClipAdaptResult:
     t0 = time.time()
     validate_itportrait(cfg)
     device = preflight(cfg)
-    result = ClipAdaptResult(out=Path(cfg.out))
+    result = AdaptResult(out=Path(cfg.out))
     source = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress).generator
     reference, code = prepare_reference(cfg, source.to(device).eval(), device, result.notes)
     choice = make_reconstruction_loss(cfg.invert_loss, resolution=source.img_resolution, device=device)

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from adapt3d.dst.dataset import load_annotations
 from adapt3d.dst.kcf import PoseTrainConfig, SmallPoseCNN, angle_bins, kfold_split, score_pose_model, select_kept, \
     train_pose_model
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.io import atomic_write_json, atomic_write_text
+from adapt3d.utils.io import atomic_write_json, atomic_write_text, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, resolve_device
 from adapt3d.utils.torch_load import OldTorchError, load_weights_only
 
 
@@ -153,9 +153,7 @@ def model_factory(cfg: KcfConfig) -> Callable[[], nn.Module]:
 
 
 def validate(cfg: KcfConfig) -> list[dict]:
-    for name in ("epochs", "batch_size", "image_size", "width"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("epochs", "batch_size", "image_size", "width"))
     if cfg.num_bins < 2:
         raise ValueError(f"--num-bins: must be >= 2, got {cfg.num_bins}")
     if cfg.threshold is None and not 0 <= cfg.drop < 1:
@@ -198,7 +196,7 @@ def kcf(cfg: KcfConfig) -> KcfResult:
     files = [r["image"] if r.get("format") == "dst3d" else r["_file"] for r in records]  # one key per image
     folds = kfold_split(len(records), cfg.folds, cfg.seed)
     train_cfg = PoseTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, num_bins=cfg.num_bins)
-    signature = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+    signature = {k: v for k, v in to_jsonable(asdict(cfg)).items()
                  if k not in ("dataset", "progress", "device", "drop", "threshold", "per_class")}
     losses = np.full(len(records), np.nan)
     fold_of = np.zeros(len(records), dtype=int)
@@ -237,7 +235,7 @@ def kcf(cfg: KcfConfig) -> KcfResult:
         atomic_write_json(root / r["_file"], data)
     result.seconds = time.time() - t0
     atomic_write_json(out / "kcf.json", {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": to_jsonable(asdict(cfg)),
         "images": len(records), "kept": len(result.kept), "removed": len(result.removed),
         "fold_sizes": [len(f) for f in folds], "loss": "CE(azimuth) + CE(elevation) + CE(theta), eval mode",
         "notes": result.notes, "seconds": round(result.seconds, 3)})

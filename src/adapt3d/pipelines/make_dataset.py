@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,20 +33,19 @@ import torch
 from tqdm.auto import tqdm
 
 from adapt3d.data.manifest import Manifest
-from adapt3d.data.target_dataset import (JOB_JSON, MANIFEST, TargetPlan, TargetRecord, completed_indices,
-                                         image_relpath, source_relpath)
+from adapt3d.data.target_dataset import JOB_JSON, MANIFEST, TargetPlan, completed_indices
 from adapt3d.data.target_finalize import (SelectionConfig, finalize_folder, mark_shard_complete,
                                           merge_shard_folders, wait_for_shards)
 from adapt3d.diffusion.img2img import check_img2img_args
 from adapt3d.diffusion.loading import PretrainedNotFoundError, resolve_pretrained
-from adapt3d.export.images import save_image, to_uint8
-from adapt3d.pipelines.render import check_output_folder, default_cameras, map_seeds, resolve_device
-from adapt3d.utils.parsing import MAX_NUM_IMAGES, check_int, check_prompts, read_prompt_file
+from adapt3d.models.latents import default_cameras, map_seeds
+from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
+from adapt3d.utils.io import check_output_folder, to_jsonable
+from adapt3d.utils.parsing import (MAX_NUM_IMAGES, check_int, check_prompts, check_trunc, flag_name,
+                                   read_prompt_file, resolve_device)
 
-__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate", "DEFAULT_DIFFUSION"]
+__all__ = ["MakeDatasetConfig", "MakeDatasetResult", "run", "merge_shards", "validate"]
 
-DEFAULT_DIFFUSION = "stabilityai/stable-diffusion-2-1-base"
-KILL_HOOK = "ADAPT3D_TEST_KILL_AFTER_IMAGES"  # tests: SIGKILL this process after writing N target PNGs
 
 
 @dataclass
@@ -150,10 +148,6 @@ class _Job:
     shard: tuple[int, int] | None
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def resolve_prompts(cfg: MakeDatasetConfig) -> list[str]:
     prompts = [p.strip() for p in check_prompts(cfg.prompt)]
     if cfg.prompt_file is not None:
@@ -200,11 +194,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     check_img2img_args(prompts, cfg.strength, cfg.guidance_scale, cfg.num_inference_steps, cfg.scheduler,
                        cfg.negative_prompt)
     for name in ("num_images", "samples_per_source", "batch_size"):
-        check_int(getattr(cfg, name), _flag(name), 1, MAX_NUM_IMAGES)
+        check_int(getattr(cfg, name), flag_name(name), 1, MAX_NUM_IMAGES)
     if cfg.contact_sheet_max < 0:
         raise ValueError(f"--contact-sheet-max: must be >= 0, got {cfg.contact_sheet_max}")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
+    check_trunc(cfg.trunc)
     if cfg.diffusion_resolution is not None and (cfg.diffusion_resolution < 8 or cfg.diffusion_resolution % 8):
         raise ValueError(f"--diffusion-resolution: {cfg.diffusion_resolution} must be a multiple of 8")
     CLIPFilterConfig(cfg.clip_threshold, cfg.clip_top_fraction)
@@ -215,13 +208,10 @@ def validate(cfg: MakeDatasetConfig) -> _Job:
     if not 0 <= cfg.diversity_min_distance <= 2:
         raise ValueError(f"--diversity-min-distance: {cfg.diversity_min_distance} is not a cosine distance in "
                          "[0, 2]")
-    tiny = cfg.preset == "tiny"
-    clip_name = None if cfg.clip_model == "none" else (
-        ("tiny" if tiny else "openai/clip-vit-base-patch32") if cfg.clip_model == "auto" else cfg.clip_model)
+    diffusion, clip_name = model_names(cfg.preset, cfg.diffusion, cfg.clip_model)
     if clip_name is None and (cfg.clip_threshold is not None or cfg.clip_top_fraction is not None
                               or cfg.diversity_min_distance > 0):
         raise ValueError("--clip-model none: the CLIP and diversity filters need a CLIP model")
-    diffusion = ("tiny" if tiny else DEFAULT_DIFFUSION) if cfg.diffusion == "auto" else cfg.diffusion
     shard = _shard(cfg)
     if shard is not None and cfg.merge:
         raise ValueError("--merge runs once, after all shards finished: leave out --shard-index/--num-shards")
@@ -333,7 +323,6 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
     _clean_temp_files(folder)
     done = completed_indices(folder)
     mine = plan.shard_indices(*shard)
-    kill_after = int(os.environ.get(KILL_HOOK, "0"))
     made = 0
     bar = tqdm(total=len(mine), initial=sum(i in done for i in mine), desc="generate", unit="img",
                disable=not cfg.progress)
@@ -343,50 +332,15 @@ def generate(cfg: MakeDatasetConfig, job: _Job, folder: Path, models: dict, shar
             continue
         sources = list(plan.batch_sources(b))
         ws = map_seeds(G, [plan.seed + j for j in sources], cfg.trunc, cfg.trunc_cutoff, device)
-        poses = [sampler.sample(1, torch.Generator().manual_seed(plan.item(j * plan.samples_per_source).pose_seed))
-                 for j in sources]
-        yaw, pitch = torch.cat([p.yaw for p in poses]), torch.cat([p.pitch for p in poses])  # (S,)
+        yaw, pitch = source_poses(plan, sampler, sources)  # (S,)
         labels = default_cameras(G, yaw, pitch)  # (S, 25)
-        src_img = G.synthesis(ws, labels.to(device), noise_mode="const", sampling="deterministic").image
-        src_u8 = to_uint8(src_img.cpu())  # (S, H, W, 3): what is saved, and what diffusion sees
-        src_q = torch.from_numpy(src_u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # (S, 3, H, W) in [-1, 1]
-        local = [it.source - sources[0] for it in items]
-        out = translator(src_q[local], [it.prompt for it in items], negative_prompt=cfg.negative_prompt,
-                         strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-                         num_inference_steps=cfg.num_inference_steps, seeds=[it.diffusion_seed for it in items],
-                         resolution=cfg.diffusion_resolution)
-        tgt_u8 = to_uint8(out.images, value_range=(0, 1))  # (B, H, W, 3)
-        tgt_q = torch.from_numpy(tgt_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
-        scores: list[dict] = [{} for _ in items]
-        if scorer is not None:
-            clip = scorer.score(tgt_q, [it.prompt for it in items]).cpu()
-            for s, v in zip(scores, clip.tolist()):
-                s["clip"] = v
-        if pose_filter is not None:
-            def render(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                first = [local.index(k) for k in range(len(sources))]  # one render per source
-                c = default_cameras(G, y[first], p[first]).to(device)
-                img = G.synthesis(ws, c, noise_mode="const", sampling="deterministic").image.cpu()
-                return img[local]
-            ps = pose_filter.score(tgt_q, yaw[local], pitch[local], render, label_renders=src_q[local])
-            for k, s in enumerate(scores):
-                s.update(pose_ncc=float(ps.ncc[k]), pose_margin=float(ps.margin[k]), pose_best=list(ps.best[k]))
-        for k, it in enumerate(items):
-            if it.index in done:
-                continue
-            j = it.source - sources[0]
-            save_image(folder / source_relpath(it.source), src_u8[j])
-            save_image(folder / image_relpath(it.index), tgt_u8[k])
-            made += 1
-            if kill_after and made >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between the PNG and its manifest line
-            rec = TargetRecord(index=it.index, source=it.source, sample=it.sample, latent_seed=it.latent_seed,
-                               pose_seed=it.pose_seed, diffusion_seed=it.diffusion_seed, prompt=it.prompt,
-                               negative_prompt=cfg.negative_prompt, yaw=float(yaw[j]), pitch=float(pitch[j]),
-                               label=[float(v) for v in labels[j]], image=image_relpath(it.index),
-                               source_image=source_relpath(it.source), scores=scores[k])
-            manifest.append(rec.to_dict())
-            bar.update(1)
+        batch = translate_and_score(G, ws, labels, yaw, pitch, items, sources[0], translator, scorer, pose_filter,
+                                    negative_prompt=cfg.negative_prompt, strength=cfg.strength,
+                                    guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
+                                    resolution=cfg.diffusion_resolution)
+        n = write_targets(folder, manifest, batch, items, done, labels, yaw, pitch, cfg.negative_prompt)
+        made += n
+        bar.update(n)
     bar.close()
     return made
 
@@ -430,7 +384,7 @@ def finalize(cfg: MakeDatasetConfig, job: _Job, models: dict, result: MakeDatase
     result.num_images, result.num_kept = fin.num_images, fin.num_kept
     result.files.update(fin.files)
     result.notes += fin.notes
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "diffusion": job.diffusion, "clip_model": job.clip, "num_images": fin.num_images,
                "num_kept": fin.num_kept, "rejected": fin.rejected, "generated_now": result.generated_now,
                "files": result.files, "notes": result.notes}
@@ -501,4 +455,4 @@ if __name__ == "__main__":  # python -m adapt3d.pipelines.make_dataset ... (e.g.
     except (ValueError, FileNotFoundError) as err:
         print(f"make-dataset: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(res).items()}))
+    print(json.dumps(to_jsonable(asdict(res))))

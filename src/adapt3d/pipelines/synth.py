@@ -44,8 +44,8 @@ from adapt3d.dst.scene import SceneConfig, check_scene_config, sample_scene
 from adapt3d.dst.viewpoints import (ViewpointConfig, check_viewpoint_config, parse_strategy, sample_viewpoint,
                                    stable_key)
 from adapt3d.export.images import save_image
-from adapt3d.pipelines.render import check_output_folder, resolve_device
-from adapt3d.utils.io import atomic_path, atomic_write_json
+from adapt3d.utils.io import atomic_path, atomic_write_json, check_output_folder, to_jsonable
+from adapt3d.utils.parsing import check_at_least, flag_name, resolve_device
 
 __all__ = ["SynthConfig", "SynthResult", "synth", "run", "validate"]
 
@@ -232,12 +232,10 @@ def validate(cfg: SynthConfig) -> tuple[list[CadModel], dict]:
     res = _resolved(cfg)
     for name in ("per_mesh", "resolution"):
         if res[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {res[name]}")
+            raise ValueError(f"{flag_name(name)}: must be >= 1, got {res[name]}")
     if res["resolution"] % 8:
         raise ValueError(f"--resolution: {res['resolution']} must be a multiple of 8 (diffusion latents)")
-    for name in ("samples_per_view", "batch_size", "llm_variants", "caption_limit"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("samples_per_view", "batch_size", "llm_variants", "caption_limit"))
     if cfg.control not in CONTROL_KINDS:
         raise ValueError(f"--control: {cfg.control!r} is not one of {CONTROL_KINDS}")
     canny_edges(np.zeros((8, 8, 3), np.uint8), cfg.canny_low, cfg.canny_high, cfg.canny_aperture)
@@ -509,7 +507,7 @@ def synth(cfg: SynthConfig) -> SynthResult:
         else:
             info.update(status="other shard")
         models_info.append(info)
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    summary = {"config": to_jsonable(asdict(cfg)),
                "resolved": {k: v for k, v in res.items() if k != "background_images"},
                "shard": [shard_i, shard_n], "summary": line, "meshes_done": result.meshes_done,
                "meshes_skipped": skipped, "models": models_info, "rendered_views": result.views,
@@ -549,4 +547,4 @@ if __name__ == "__main__":  # python -m adapt3d.pipelines.synth ... (e.g. under 
     except (ValueError, FileNotFoundError) as err:
         print(f"synth: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(res).items()}))
+    print(json.dumps(to_jsonable(asdict(res))))

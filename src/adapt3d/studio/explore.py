@@ -23,10 +23,11 @@ import torch
 
 from adapt3d.export.images import depth_to_image, to_uint8
 from adapt3d.models import hub
+from adapt3d.models.latents import default_cameras, map_seeds
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.triplane import PRESETS
-from adapt3d.pipelines.render import default_cameras, map_seeds, resolve_device
 from adapt3d.studio.files import resolve_under
+from adapt3d.utils.parsing import check_trunc, resolve_device
 
 __all__ = ["ExploreError", "GeneratorSlots", "ViewRequest", "SLOTS"]
 
@@ -54,8 +55,10 @@ class ViewRequest:
             raise ExploreError(f"slot: {self.slot!r} is not one of {SLOTS}")
         if not 0 <= self.seed < 2 ** 32:
             raise ExploreError(f"seed: {self.seed} is outside [0, 2^32)")
-        if not 0 <= self.trunc <= 2:
-            raise ExploreError(f"trunc: {self.trunc} is outside [0, 2]")
+        try:
+            check_trunc(self.trunc, "trunc")
+        except ValueError as e:
+            raise ExploreError(str(e)) from None
         if not (abs(self.yaw_deg) <= 180 and abs(self.pitch_deg) <= 89):
             raise ExploreError(f"yaw_deg/pitch_deg: ({self.yaw_deg}, {self.pitch_deg}) is outside [-180, 180] x "
                                "[-89, 89]")
@@ -89,7 +92,7 @@ class GeneratorSlots:
         return {s: one(self._slots.get(s)) for s in SLOTS}
 
     def _checkpoint_path(self, checkpoint: str) -> str:
-        if checkpoint in self.allowed or hub._key(checkpoint) in hub.known_checkpoints():
+        if checkpoint in self.allowed or hub.checkpoint_key(checkpoint) in hub.known_checkpoints():
             return checkpoint
         try:
             return str(resolve_under(self.root, checkpoint))

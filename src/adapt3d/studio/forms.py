@@ -29,8 +29,10 @@ from typing import Any, Callable, Literal
 
 import tyro
 
+from adapt3d.utils.parsing import flag_name
+
 __all__ = ["FormField", "FieldError", "JobCheck", "form_fields", "form_argv", "check_job", "find_validator",
-           "field_docstrings", "flag_of", "basic_checks"]
+           "field_docstrings", "basic_checks"]
 
 _PARSE_LOCK = threading.Lock()  # redirect_stdout/stderr swap process-wide streams: one parse at a time
 _POSITIONAL = typing.get_args(tyro.conf.Positional[int])[1]
@@ -87,10 +89,6 @@ class JobCheck:
                 "errors": [{"field": e.field, "message": e.message} for e in self.errors]}
 
 
-def flag_of(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def field_docstrings(cls: type) -> dict[str, str]:
     """Docstrings written under dataclass fields (``x: int = 1`` then a string literal), base classes included."""
     docs: dict[str, str] = {}
@@ -142,8 +140,7 @@ def _describe(tp: Any) -> tuple[str, dict]:
 
 def form_fields(config_cls: type) -> list[FormField]:
     """The form of a config dataclass: one :class:`FormField` per field, in declaration order."""
-    module = sys.modules.get(config_cls.__module__)
-    hints = typing.get_type_hints(config_cls, globalns=vars(module) if module else None, include_extras=True)
+    hints = typing.get_type_hints(config_cls, include_extras=True)  # each base class in its own module's names
     docs = field_docstrings(config_cls)
     out = []
     for f in dataclasses.fields(config_cls):
@@ -166,7 +163,7 @@ def form_fields(config_cls: type) -> list[FormField]:
             default, required = f.default_factory(), False  # type: ignore[misc]
         else:
             default, required = None, True
-        out.append(FormField(f.name, f.name.upper() if positional else flag_of(f.name), kind, _jsonable(default),
+        out.append(FormField(f.name, f.name.upper() if positional else flag_name(f.name), kind, _jsonable(default),
                              required, optional, positional, help=docs.get(f.name, ""), **extra))
     return out
 
@@ -223,7 +220,7 @@ def _value(ff: FormField, raw: Any) -> Any:
 
 def _tokens(ff: FormField, value: Any) -> list[str]:
     if ff.kind == "bool":
-        return [flag_of(ff.name) if value else "--no-" + ff.name.replace("_", "-")]
+        return [flag_name(ff.name) if value else "--no-" + ff.name.replace("_", "-")]
     vals = ["None"] if value is None else [str(v) for v in value] if isinstance(value, list) else [str(value)]
     return vals if ff.positional else [ff.flag, *vals]
 
@@ -275,11 +272,12 @@ def basic_checks(cfg: Any) -> None:
     """The checks every command shares, for pipelines without a validate function: the generator source
     (--preset vs --generator/--checkpoint), the device, and a writable output folder (created)."""
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.pipelines.render import check_output_folder, resolve_device
+    from adapt3d.utils.io import check_output_folder
+    from adapt3d.utils.parsing import resolve_device
     if hasattr(cfg, "preset"):
         for name in ("generator", "checkpoint"):
             if hasattr(cfg, name):
-                check_generator_source(cfg.preset, getattr(cfg, name), flag=flag_of(name))
+                check_generator_source(cfg.preset, getattr(cfg, name), flag=flag_name(name))
                 break
     if isinstance(getattr(cfg, "device", None), str):
         resolve_device(cfg.device)

@@ -62,9 +62,10 @@ class HttpError(Exception):
 
 
 def job_commands() -> dict:
-    """name -> (ConfigClass, run_fn, help) of every CLI command a studio job may run (all but ``studio``)."""
-    from adapt3d.cli.main import COMMANDS  # at run time: commands added later appear automatically
-    return {k: v for k, v in COMMANDS.items() if k != "studio"}
+    """name -> (ConfigClass, run_fn, help) of every command a studio job may run (the registry's: all but
+    ``studio``)."""
+    from adapt3d.pipelines.registry import COMMANDS  # at run time: importing every pipeline takes seconds
+    return dict(COMMANDS)
 
 
 @dataclass

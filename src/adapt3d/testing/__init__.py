@@ -1,6 +1,9 @@
-"""Helpers for tests and built-in demos: tiny random-weight models built locally (no download)."""
+"""Helpers for tests: the pytest fixtures (:mod:`adapt3d.testing.fixtures`) and, re-exported, the tiny random-weight
+model builders of :mod:`adapt3d.diffusion.tiny_models` (which the built-in ``tiny`` demos also use).
 
-from adapt3d.testing.tiny_models import (
+The top layer: production code never imports this package (``tests/test_layers.py`` checks it)."""
+
+from adapt3d.diffusion.tiny_models import (
     TINY_CLIP_IMAGE_SIZE,
     TINY_IMAGE_SIZE,
     default_tiny_models_dir,

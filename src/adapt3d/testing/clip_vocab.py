@@ -16,7 +16,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from adapt3d.testing.tiny_models import _bytes_to_unicode
+from adapt3d.diffusion.tiny_models import _bytes_to_unicode
 
 __all__ = ["CLIP_VOCAB_SIZE", "find_clip_bpe", "clip_bpe_tokenizer"]
 

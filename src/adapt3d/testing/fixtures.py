@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adapt3d.testing.tiny_models import ensure_tiny_models
+from adapt3d.diffusion.tiny_models import ensure_tiny_models
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from adapt3d.configs import model_config, model_names
-from adapt3d.testing.tiny_models import _cached_build, is_tiny_model, tiny_clip_tokenizer
+from adapt3d.diffusion.tiny_models import _cached_build, is_tiny_model, tiny_clip_tokenizer
 
 __all__ = ["FULL_SIZE_PRESET", "EG3D_SNAPSHOT", "default_full_size_dir", "empty_components", "parameter_counts",
            "random_component", "build_random_model", "ensure_full_size_model", "full_size_location",

@@ -2,11 +2,11 @@
 
 For tests of the SD3 ControlNet path (``--variant sd3``) without downloads: an ``SD3Transformer2DModel`` (2 layers,
 width 16), a 2-level ``AutoencoderKL`` (8 latent channels, factor 2), two ``CLIPTextModelWithProjection`` (width
-32, projection 32, the byte-level tokenizer of :func:`adapt3d.testing.tiny_models.tiny_clip_tokenizer`), a
+32, projection 32, the byte-level tokenizer of :func:`adapt3d.diffusion.tiny_models.tiny_clip_tokenizer`), a
 ``T5EncoderModel`` (width 64) with a character-level ``T5TokenizerFast`` built in memory, and
 ``FlowMatchEulerDiscreteScheduler``. Images are 64 x 64 px (latents 32 x 32, 2 x 2 patches). The ControlNet
 (``SD3ControlNetModel``, 1 layer) matches the transformer; its zero-initialised output layers get small random
-weights so the control image matters (as :func:`adapt3d.testing.tiny_models.make_tiny_controlnet` does).
+weights so the control image matters (as :func:`adapt3d.diffusion.tiny_models.make_tiny_controlnet` does).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def make_tiny_sd3(path: str | os.PathLike, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from adapt3d.testing.tiny_models import tiny_clip_tokenizer
+    from adapt3d.diffusion.tiny_models import tiny_clip_tokenizer
 
     path = Path(path)
     transformer = _transformer(seed)

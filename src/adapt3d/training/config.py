@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from adapt3d.training.augment import expand_ops
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_trunc, flag_name
 
 __all__ = ["FinetuneConfig", "validate_finetune_config", "RESUME_NEUTRAL_FIELDS", "options_for_identity"]
 
@@ -139,17 +141,9 @@ RESUME_NEUTRAL_FIELDS = frozenset({"out", "kimg", "tick_kimg", "snapshot_kimg", 
                                    "resume", "device", "workers", "progress"})
 
 
-def _plain(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def options_for_identity(cfg: FinetuneConfig) -> dict:
     """The options that define a run (compared on automatic resume)."""
-    d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["dataset"] = str(Path(cfg.dataset).expanduser().resolve())
     return {k: v for k, v in d.items() if k not in RESUME_NEUTRAL_FIELDS}
 
@@ -161,7 +155,7 @@ def _positive(cfg: FinetuneConfig, names: tuple[str, ...], allow_zero: bool = Fa
             continue
         ok = (v >= 0 if allow_zero else v > 0) and math.isfinite(v)
         if not ok:
-            flag = "--" + name.replace("_", "-")
+            flag = flag_name(name)
             raise ValueError(f"{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
@@ -178,7 +172,7 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int = 1) -> int:
     for name in ("gpc_reg_prob", "augment_p", "ada_target"):
         v = getattr(cfg, name)
         if v is not None and not 0 <= v <= 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be in [0, 1], got {v}")
+            raise ValueError(f"{flag_name(name)}: must be in [0, 1], got {v}")
     if cfg.augment not in ("ada", "fixed", "none"):
         raise ValueError(f"--augment: expected 'ada', 'fixed' or 'none', got {cfg.augment!r}")
     try:
@@ -188,8 +182,7 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int = 1) -> int:
     if cfg.neural_rendering_schedule not in ("auto", "datid3d", "fixed"):
         raise ValueError(f"--neural-rendering-schedule: expected auto, datid3d or fixed, got "
                          f"{cfg.neural_rendering_schedule!r}")
-    if not 0 <= cfg.sample_trunc <= 2:
-        raise ValueError(f"--sample-trunc: {cfg.sample_trunc} is outside [0, 2]")
+    check_trunc(cfg.sample_trunc, "--sample-trunc")
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
     if cfg.batch % world_size != 0:

@@ -42,18 +42,19 @@ from adapt3d.training import losses
 from adapt3d.training.distill_config import DistillConfig, resolved_steps
 from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed
 from adapt3d.training.freeze import freeze_prefixes
-from adapt3d.training.loop import TrainingDiverged, derive_seed
+from adapt3d.training.loop import TrainingDiverged
 from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
 from adapt3d.utils.io import atomic_path, replace_folder
 from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["DistillTrainer", "DistillOutput", "make_training_pose_sampler"]
+__all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler"]
 
 STATE_FORMAT = "adapt3d-training-state"
 
 
 @dataclass
-class DistillOutput:
+class DistillResult:
     """Result of a distillation run; ``model`` is the trained generator (eval mode), ``final`` its folder."""
 
     out: Path
@@ -256,9 +257,9 @@ class DistillTrainer:
         if cfg.r1_gamma > 0 and (self.step % cfg.d_reg_interval == 0):
             image = real.detach().requires_grad_(True)
             raw = real_raw.detach().requires_grad_(True)
-            penalty = losses.r1_penalty(self.D({"image": image, "image_raw": raw}, real_c), [image, raw]).mean()
-            (penalty * (cfg.r1_gamma / 2) * cfg.d_reg_interval).backward()
-            rec["loss/r1_penalty"] = float(penalty.detach())
+            r1 = losses.loss_r1(self.D({"image": image, "image_raw": raw}, real_c), [image, raw], cfg.r1_gamma)
+            (r1.loss * cfg.d_reg_interval).backward()
+            rec["loss/r1_penalty"] = float(r1.penalty.detach())
         if bool(torch.isfinite(loss.detach())) and self._grads_finite(self.D.parameters()):
             self.opt_D.step()
         self.D.requires_grad_(False)
@@ -344,7 +345,7 @@ class DistillTrainer:
         self.run.log(f"snapshot {path}")
         return path
 
-    def run_training(self) -> DistillOutput:
+    def run_training(self) -> DistillResult:
         """Train until ``total_steps``; snapshots every ``snapshot_steps`` and at the end; the final checkpoint."""
         from tqdm.auto import tqdm
         cfg, t_start = self.cfg, time.time()
@@ -378,6 +379,6 @@ class DistillTrainer:
             final = self.write_checkpoint(self.run.final, with_state=False)
             self.run.log(f"done: {self.step} steps ({self.skipped} skipped); final checkpoint {final}")
         self.model.eval()
-        return DistillOutput(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
+        return DistillResult(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
                              seconds=time.time() - t_start)

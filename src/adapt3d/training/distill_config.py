@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from adapt3d.diffusion.sds import check_sds_args
-from adapt3d.utils.parsing import check_prompts, check_view_outputs, read_prompt_file
+from adapt3d.diffusion.sds import SDSOptions
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_prompts, check_trunc, check_view_outputs, flag_name, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
            "resolved_steps"]
 
 
-@dataclass
-class DistillConfig:
+@dataclass(kw_only=True)
+class DistillConfig(SDSOptions):
     """Distil a text-to-image diffusion model into a text-conditioned tri-plane generator (DreamPortrait): SDS
     over latents x cameras x prompts, condition adapters + gated tri-plane cross-attention, a GAN regulariser.
     Give the source generator with --preset or --generator."""
@@ -37,22 +38,6 @@ class DistillConfig:
     diffusion: str | None = None
     """Teacher: Stable Diffusion 1.x/2.x folder or Hugging Face id; default stabilityai/stable-diffusion-2-1-base
     ('tiny' with --preset tiny). Its frozen text encoder also conditions the generator."""
-    negative_prompt: str = ""
-    """Text of the unconditional branch of classifier-free guidance."""
-    guidance_scale: float = 100.0
-    """CFG scale s in eps_u + s (eps_c - eps_u) (threestudio's 100 is our 101)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
-    """SDS timestep range as fractions of the teacher's train timesteps."""
-    t_anneal: Literal["none", "linear", "sqrt"] = "none"
-    """Timestep annealing: none; linear (upper bound -> --t-max-final over the run); sqrt (HiFA, one t)."""
-    t_max_final: float = 0.5
-    """Final upper bound of linear annealing."""
-    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
-    """w(t): sds = 1 - a_t, uniform = 1, fantasia3d = sqrt(a_t) (1 - a_t)."""
-    grad_clip: float | None = None
-    """Clamp every SDS gradient entry to [-grad_clip, grad_clip] (None: off)."""
-    view_prompts: bool = True
-    """Append ', front view' / ', side view' / ', back view' from the camera yaw (teacher prompts only)."""
     steps: int | None = None
     """Optimiser steps; default 2000 (30 with --preset tiny, the built-in demo)."""
     batch: int = 4
@@ -161,17 +146,9 @@ def parse_prompts(spec: str, arg: str = "--prompts") -> list[str]:
     return prompts
 
 
-def _plain(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
 def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
-    d = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     d["prompts"] = list(prompts)
     return d
 
@@ -179,30 +156,29 @@ def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
 def validate_distill_config(cfg: DistillConfig) -> list[str]:
     """Check every option that needs no model; returns the parsed prompts. ValueError names the flag."""
     prompts = parse_prompts(cfg.prompts)
-    check_sds_args(cfg.guidance_scale, cfg.t_range, cfg.weighting, cfg.grad_clip, cfg.t_anneal, cfg.t_max_final)
+    cfg.check_sds()
     if cfg.steps is not None and (isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps: must be an integer >= 1, got {cfg.steps!r}")
     for name in ("batch", "tick_steps", "diversity_steps", "snapshot_steps", "video_frames", "num_groups",
                  "attn_heads", "d_reg_interval"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= 1, got {v!r}")
+            raise ValueError(f"{flag_name(name)}: must be an integer >= 1, got {v!r}")
     for name in ("adapter_hidden", "attn_dim", "attn_resolution", "neural_rendering_resolution"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"--{name.replace('_', '-')}: must be an integer >= 1 or None, got {v!r}")
+            raise ValueError(f"{flag_name(name)}: must be an integer >= 1 or None, got {v!r}")
     for name in ("lr", "base_lr", "d_lr"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {v}")
+            raise ValueError(f"{flag_name(name)}: must be > 0, got {v}")
     for name in ("lambda_sds", "lambda_gan", "r1_gamma", "yaw_spread", "pitch_spread"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 0, got {v}")
+            raise ValueError(f"{flag_name(name)}: must be >= 0, got {v}")
     if cfg.lambda_sds == 0 and cfg.lambda_gan == 0:
         raise ValueError("--lambda-sds and --lambda-gan are both 0: nothing to train")
-    if not 0 <= cfg.trunc <= 2:
-        raise ValueError(f"--trunc: {cfg.trunc} is outside [0, 2]; 1 means no truncation")
+    check_trunc(cfg.trunc)
     if cfg.mesh != "none" and cfg.mesh_resolution < 8:
         raise ValueError(f"--mesh-resolution: must be >= 8, got {cfg.mesh_resolution}")
     check_view_outputs(video_frames=cfg.video_frames,
@@ -215,7 +191,7 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError(f"--dataset: {cfg.dataset} does not exist (an EG3D dataset folder or zip)")
     from adapt3d.utils.parsing import parse_seeds
     for name in ("diversity_seeds", "sample_seeds", "eval_seeds"):
-        parse_seeds(getattr(cfg, name), "--" + name.replace("_", "-"))
+        parse_seeds(getattr(cfg, name), flag_name(name))
     if len(parse_seeds(cfg.diversity_seeds)) < 2:
         raise ValueError("--diversity-seeds: the diversity set needs at least 2 seeds")
     return prompts

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adapt3d.cameras import camera_label, frontal_label
+from adapt3d.models.latents import default_cameras, frontal_cameras, seed_latents
 from adapt3d.metrics.clip_metrics import clip_score
 from adapt3d.metrics.diversity import mean_pairwise_distance
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
@@ -27,23 +26,10 @@ __all__ = ["seed_latents", "render_fixed", "image_features", "diversity_scores",
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the columns of the sample grids
 
 
-def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
-    """EG3D's z per seed, ``RandomState(seed).randn(1, z_dim)``: (S, z_dim) float32."""
-    return torch.from_numpy(np.concatenate([np.random.RandomState(s).randn(1, z_dim) for s in seeds])).float()
-
-
-def _frontal(model, n: int, device) -> torch.Tensor:
-    r = model.rendering
-    return frontal_label(r.avg_camera_radius, r.avg_camera_pivot, model.config.camera_fov_deg,
-                         batch_size=n).to(device)
-
-
 def yaw_cameras(model, yaws: tuple[float, ...], device) -> torch.Tensor:
     """Cameras (V, 25) at frontal pitch and yaw offsets (radians) around the generator's average camera."""
-    r = model.rendering
     yaw = torch.tensor([math.pi / 2 + y for y in yaws])
-    return camera_label(yaw, torch.full_like(yaw, math.pi / 2), radius=r.avg_camera_radius,
-                        pivot=r.avg_camera_pivot, fov_deg=model.config.camera_fov_deg).to(device)
+    return default_cameras(model, yaw, torch.full_like(yaw, math.pi / 2)).to(device)
 
 
 @torch.no_grad()
@@ -58,7 +44,7 @@ def render_fixed(model: TextConditionedGenerator, text: torch.Tensor | None, see
     out = []
     for i in range(0, len(seeds), batch_size):
         zb = z[i:i + batch_size]
-        ws = model.mapping(zb, _frontal(model, zb.shape[0], device), text, truncation_psi=trunc)
+        ws = model.mapping(zb, frontal_cameras(model, zb.shape[0]).to(device), text, truncation_psi=trunc)
         planes = model.planes(ws, text, noise_mode="const")
         n = ws.shape[0]
         rep = lambda t: t.repeat_interleave(v, 0)  # noqa: E731 (n * V, ...) seed-major
@@ -108,7 +94,7 @@ def prompt_metrics(model: TextConditionedGenerator, text: torch.Tensor, prompt: 
         m["diversity_ratio_to_source"] = m["diversity"] / source_diversity
     bound = model.bind(text)
     z = seed_latents(seeds, model.z_dim).to(device)
-    ws = bound.mapping(z, _frontal(model, len(seeds), device), truncation_psi=trunc)
+    ws = bound.mapping(z, frontal_cameras(model, len(seeds)).to(device), truncation_psi=trunc)
     labels = yaw_cameras(model, tuple(math.radians(y) for y in view_yaws_deg), device)
     vc = evaluate_view_consistency(bound, ws, labels, view_names=[f"yaw{y:+g}" for y in view_yaws_deg])
     m["view_consistency"] = {"raw": vc.raw, "final": vc.final}

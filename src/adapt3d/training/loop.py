@@ -20,7 +20,6 @@ loads them from the command-line options.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import resource
 import time
@@ -45,8 +44,9 @@ from adapt3d.training.run_folder import RunFolder, load_training_state
 from adapt3d.training.schedules import (blur_sigma_at, ema_beta, resolve_rendering_schedule, update_ema,
                                        uses_official_weights)
 from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["Trainer", "FinetuneOutput", "TrainingDiverged", "derive_seed", "FinetuneConfig"]
+__all__ = ["Trainer", "FinetuneResult", "TrainingDiverged", "FinetuneConfig"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal, the columns of the sample grids
 
@@ -55,14 +55,8 @@ class TrainingDiverged(ValueError):
     """A loss or a weight became NaN or infinite; the message names the last good snapshot."""
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any printable parts, identical in every process and run."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
-
-
 @dataclass
-class FinetuneOutput:
+class FinetuneResult:
     """Result of a run. ``generator`` is the EMA generator (eval mode), ``final`` its checkpoint folder."""
 
     out: Path
@@ -291,9 +285,9 @@ class Trainer:
             image = real.detach().requires_grad_(True)
             raw = filtered_resizing(real, nrr).detach().requires_grad_(True)
             logits = self._run_D(image, raw, rc, blur, gen)
-            penalty = losses.r1_penalty(logits, [image, raw]).mean()
-            (penalty * (cfg.r1_gamma / 2) * cfg.d_reg_interval * share).backward()
-            total += penalty.detach() * share
+            r1 = losses.loss_r1(logits, [image, raw], cfg.r1_gamma)
+            (r1.loss * cfg.d_reg_interval * share).backward()
+            total += r1.penalty.detach() * share
         self.D.requires_grad_(False)
         return float(self._finish_phase(self.opt_D, self.d_params, total, "R1 penalty")[0])
 
@@ -401,7 +395,7 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
-    def run_training(self) -> FinetuneOutput:
+    def run_training(self) -> FinetuneResult:
         """Train until ``cfg.kimg``; snapshots every ``snapshot_kimg`` and at the end; returns the result."""
         t0 = time.time()
         from tqdm.auto import tqdm
@@ -428,7 +422,7 @@ class Trainer:
             final = self.run.save_final(self.G_ema, self.D, meta)
             self.run.log(f"done: {self.step} steps, {self.cur_nimg / 1000:.3f} kimg; final checkpoint {final}")
             barrier()
-        return FinetuneOutput(out=self.run.out if self.run else Path("."), generator=self.G_ema,
+        return FinetuneResult(out=self.run.out if self.run else Path("."), generator=self.G_ema,
                               discriminator=self.D, step=self.step, cur_nimg=self.cur_nimg, final=final,
                               resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,
                               seconds=time.time() - t0)

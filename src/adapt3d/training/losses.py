@@ -19,7 +19,7 @@ gains and the micro-batch share of the global batch. Formulas (``softplus(x) = l
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ __all__ = [
     "loss_d_real",
     "loss_d_logistic",
     "r1_penalty",
+    "R1Loss",
     "loss_r1",
     "density_l1_regularization",
     "lazy_regularization_scaling",
@@ -76,9 +77,18 @@ def r1_penalty(real_logits: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tor
     return sum(g.square().flatten(1).sum(1) for g in grads)  # (N,)
 
 
-def loss_r1(real_logits: torch.Tensor, inputs: Sequence[torch.Tensor], gamma: float) -> torch.Tensor:
-    """R1 loss ``mean(r1_penalty) * gamma / 2``."""
-    return r1_penalty(real_logits, inputs).mean() * (gamma / 2)
+class R1Loss(NamedTuple):
+    """The R1 regulariser of one batch: ``loss = penalty * gamma / 2`` (back-propagate it, times the lazy interval
+    and the micro-batch share) and ``penalty = mean(r1_penalty)`` (what the stats log as ``loss/r1_penalty``)."""
+
+    loss: torch.Tensor
+    penalty: torch.Tensor
+
+
+def loss_r1(real_logits: torch.Tensor, inputs: Sequence[torch.Tensor], gamma: float) -> R1Loss:
+    """R1 loss ``mean(r1_penalty) * gamma / 2``, with the mean penalty itself (both scalars, with graphs)."""
+    penalty = r1_penalty(real_logits, inputs).mean()
+    return R1Loss(penalty * (gamma / 2), penalty)
 
 
 def density_l1_regularization(sigma_fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int,

@@ -37,13 +37,14 @@ from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.models.checkpoint import load_checkpoint
 from adapt3d.training.layer_selection import (candidate_rows, layers_for_rows, prefixes_for_parts,
                                                select_w_layers, set_trainable)
-from adapt3d.training.loop import TrainingDiverged, derive_seed
+from adapt3d.training.loop import TrainingDiverged
 from adapt3d.training.nada_config import ClipAdaptConfig, NadaConfig, resolved
 from adapt3d.training.run_folder import RunFolder, load_training_state
 from adapt3d.training.schedules import ema_beta, update_ema
 from adapt3d.utils.parsing import parse_seeds
+from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["ClipAdaptTrainer", "NadaTrainer", "ClipAdaptOutput", "nada_adam", "SAMPLE_YAWS"]
+__all__ = ["ClipAdaptTrainer", "NadaTrainer", "ClipAdaptResult", "nada_adam", "SAMPLE_YAWS"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the columns of the sample grids
 
@@ -55,7 +56,7 @@ def nada_adam(params, lr: float) -> torch.optim.Adam:
 
 
 @dataclass
-class ClipAdaptOutput:
+class ClipAdaptResult:
     """Result of a run: the adapted generator (eval mode) and its checkpoint folder ``final``."""
 
     out: Path
@@ -247,7 +248,7 @@ class ClipAdaptTrainer:
         """Fields added to every stats.jsonl record."""
         return {}
 
-    def run_training(self) -> ClipAdaptOutput:
+    def run_training(self) -> ClipAdaptResult:
         from tqdm.auto import tqdm
         t_start = time.time()
         if self.resumed_from is not None:
@@ -277,7 +278,7 @@ class ClipAdaptTrainer:
         if self.run is not None:
             final = self.run.save_final(G_out, None, self.metadata())
             self.run.log(f"done: {self.step} steps; final checkpoint {final}")
-        return ClipAdaptOutput(out=self.run.out if self.run else Path("."), generator=G_out.eval(), step=self.step,
+        return ClipAdaptResult(out=self.run.out if self.run else Path("."), generator=G_out.eval(), step=self.step,
                                final=final, resumed_from=self.resumed_from, stats=self.stats,
                                seconds=time.time() - t_start)
 

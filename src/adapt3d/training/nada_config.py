@@ -13,7 +13,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+
+from adapt3d.export.options import RenderStageOptions
+from adapt3d.utils.io import to_jsonable
+from adapt3d.utils.parsing import check_trunc
 
 __all__ = ["ClipAdaptConfig", "NadaConfig", "DEFAULT_CLIP_MODELS", "resolved", "identity_of", "validate_common",
            "EVAL_METRICS"]
@@ -24,7 +27,7 @@ TRAIN_PARTS = ("mapping", "backbone", "decoder", "superresolution")
 
 
 @dataclass
-class ClipAdaptConfig:
+class ClipAdaptConfig(RenderStageOptions):
     """Fields shared by ``--method nada`` and ``--method itportrait``."""
 
     prompt: str = ""
@@ -76,18 +79,6 @@ class ClipAdaptConfig:
     """Steps between snapshots and sample grids (default 100; tiny: --steps); one is always written at the end."""
     tick_steps: int | None = None
     """Steps between status lines and stats.jsonl records (default 10; tiny: 1)."""
-    seeds: str = "0-3"
-    """Latent seeds of the sample grids, renders and compare.png."""
-    trunc: float = 0.7
-    """Truncation psi of the sample grids and renders."""
-    video: Literal["none", "orbit", "yaw"] = "orbit"
-    """Video of the adapted generator."""
-    video_frames: int | None = None
-    """Frames of the video (48; tiny: 8)."""
-    mesh: Literal["none", "ply", "obj", "glb"] = "ply"
-    """Mesh format of the adapted generator's shapes."""
-    mesh_resolution: int | None = None
-    """Marching-cubes grid resolution (128; tiny: 32)."""
     eval_metrics: tuple[str, ...] = ("clip", "diversity", "view")
     """Metric groups of the final evaluation (clip, diversity, view, fid); empty: no evaluation."""
     eval_samples: int | None = None
@@ -164,17 +155,9 @@ RESUME_NEUTRAL = frozenset({"out", "steps", "snapshot_steps", "tick_steps", "see
                             "device", "progress"})
 
 
-def _plain(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
 def identity_of(cfg: ClipAdaptConfig) -> dict:
     """The options (resolved) that define what is trained; compared when a run folder is resumed."""
-    d = {f.name: _plain(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
+    d = {f.name: to_jsonable(resolved(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     for name in ("style_image", "latent", "style_camera"):
         if d.get(name):
             d[name] = str(Path(d[name]).expanduser().resolve())
@@ -190,7 +173,7 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     """Checks that need no model; ValueError naming the flag, the value and what is expected."""
     from adapt3d.clip.directional import load_templates
     from adapt3d.models.loading import check_generator_source
-    from adapt3d.utils.parsing import check_text, check_view_outputs, parse_seeds
+    from adapt3d.utils.parsing import check_text, check_view_outputs
 
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
     _check(bool(cfg.prompt and cfg.prompt.strip()), "prompt", cfg.prompt, "give the target text, e.g. 'Pixar "
@@ -221,15 +204,14 @@ def validate_common(cfg: ClipAdaptConfig) -> None:
     _check(bool(cfg.train_parts) and all(p in TRAIN_PARTS or re.fullmatch(r"(backbone\.)?b\d+", p)
                                          for p in cfg.train_parts), "train-parts", cfg.train_parts,
            "parts among mapping, backbone, b4 ... b256, decoder, superresolution")
-    _check(0 <= cfg.train_trunc <= 2, "train-trunc", cfg.train_trunc, "a truncation psi in [0, 2]")
-    _check(0 <= cfg.trunc <= 2, "trunc", cfg.trunc, "a truncation psi in [0, 2]")
+    check_trunc(cfg.train_trunc, "--train-trunc")
     _check(cfg.neural_rendering_resolution is None or cfg.neural_rendering_resolution >= 8,
            "neural-rendering-resolution", cfg.neural_rendering_resolution, "None or an integer >= 8")
     _check(cfg.ema_kimg is None or cfg.ema_kimg > 0, "ema-kimg", cfg.ema_kimg, "None or > 0")
     unknown = sorted(set(cfg.eval_metrics) - set(EVAL_METRICS))
     _check(not unknown, "eval-metrics", list(cfg.eval_metrics), f"a subset of {', '.join(EVAL_METRICS)}")
     _check(bool(str(cfg.resume)), "resume", cfg.resume, "'auto', 'never' or a snapshot folder")
-    parse_seeds(cfg.seeds)
+    cfg.check_seeds()  # --seeds (also of the sample grids) and --trunc
     if isinstance(cfg, NadaConfig):
         _check(cfg.lambda_direction >= 0 and cfg.lambda_global >= 0 and cfg.lambda_direction + cfg.lambda_global
                > 0, "lambda-direction", (cfg.lambda_direction, cfg.lambda_global), "--lambda-direction and "

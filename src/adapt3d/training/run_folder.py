@@ -30,26 +30,11 @@ from adapt3d.models.checkpoint import save_checkpoint
 from adapt3d.utils.io import atomic_path, atomic_write_json, atomic_write_text, removed_on_error, replace_folder
 from adapt3d.utils.torch_load import load_weights_only
 
-__all__ = ["RunFolder", "TRAINING_STATE", "check_writable_folder"]
+__all__ = ["RunFolder", "TRAINING_STATE"]
 
 TRAINING_STATE = "training_state.pt"
 STATE_FORMAT = "adapt3d-training-state"
 logger = logging.getLogger("adapt3d.training")
-
-
-def check_writable_folder(out: Path, arg: str = "--out") -> Path:
-    """Create ``out`` and prove it is writable; ValueError naming ``arg`` otherwise."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{arg}: {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".adapt3d-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
-    return out
 
 
 class RunFolder:

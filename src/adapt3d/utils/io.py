@@ -1,15 +1,16 @@
-"""Atomic file output: a crash never leaves a half-written file that looks whole."""
+"""Atomic file output: a crash never leaves a half-written file that looks whole; output-folder checks."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 # Messages of write failures that, on a (nearly) full file system, mean "no space left": torch.save's zip writer
 # ("unexpected pos", "file write failed"), safetensors' Rust I/O error, plain OSError text.
@@ -121,6 +122,47 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+
+
+def check_output_folder(out: str | os.PathLike, arg: str = "--out") -> Path:
+    """Create ``out`` and prove it is writable, before any model is built; ValueError naming ``arg`` otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{arg}: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".adapt3d-write-test-{os.getpid()}"  # one probe per process: concurrent ranks do not race
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{arg}: cannot write to {out} ({e.strerror or e})") from e
+    return out
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON-friendly values, recursively: paths -> str, mappings -> dicts with str keys, tuples and lists ->
+    lists, numpy / torch scalars -> Python numbers; anything else as it is."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):  # an array of several values: left as it is
+            pass
+    return value
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (memory stays O(chunk_bytes))."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

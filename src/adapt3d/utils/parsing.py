@@ -1,7 +1,8 @@
 """Parsing and checking of user-facing argument values, with errors that name the argument.
 
 One implementation per kind of value, called from every command's validation (before any model is loaded or any
-folder is written): seeds and seed ranges, prompt texts, prompt files, bounded integers, finite numbers.
+folder is written): seeds and seed ranges, prompt texts, prompt files, bounded integers, finite numbers, flags of
+config fields, truncation, devices.
 """
 
 from __future__ import annotations
@@ -66,6 +67,42 @@ def parse_seeds(text: str | int | list, arg: str = "--seeds", max_count: int = 1
         raise ValueError(f"{arg}: seeds must be in [0, 2**32), got {bad[:3]}")
     return seeds
 
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field: ``'video_frames'`` -> ``'--video-frames'``."""
+    return "--" + field.replace("_", "-")
+
+
+def check_at_least(config: object, fields: tuple[str, ...] | list[str], minimum: int = 1, prefix: str = "") -> None:
+    """Raise ``ValueError('--<prefix><field>: must be >= minimum, got v')`` for the first field of ``config`` below
+    ``minimum``."""
+    for name in fields:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{flag_name(prefix + name)}: must be >= {minimum}, got {value}")
+
+
+def check_trunc(value: float, flag: str = "--trunc") -> float:
+    """Check a truncation psi: in [0, 2] (1 = no truncation, 0.7 is typical); returns it."""
+    if not 0 <= value <= 2:
+        raise ValueError(f"{flag}: {value} is outside [0, 2]; 1 means no truncation, 0.7 is typical")
+    return value
+
+
+def resolve_device(device: str):
+    """``--device``: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]' -> a ``torch.device``; ValueError when the
+    name is not a device or asks for CUDA on a machine without it."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {device!r} is not a device name; expected 'auto', 'cpu' or 'cuda[:i]'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} asked for CUDA, but no CUDA device is available")
+    return dev
 
 def check_text(text: str, arg: str, what: str = "text") -> str:
     """``text`` must be encodable as UTF-8 (a non-UTF-8 command-line argument arrives as lone surrogates)."""

@@ -2,7 +2,7 @@
 
 Python API mirroring the command::
 
-    from adapt3d.pipelines.studio import StudioConfig, build_server, run
+    from adapt3d.studio.command import StudioConfig, build_server, run
     run(StudioConfig(preset="tiny", port=7860))                      # blocks; Ctrl-C stops
     server = build_server(StudioConfig(preset="tiny", port=0)).start()  # in a thread; server.url, server.shutdown()
 
@@ -10,6 +10,10 @@ The server is the standard library's ThreadingHTTPServer serving one static page
 :mod:`adapt3d.studio.server` for the JSON API. It listens on 127.0.0.1 unless --host (or --share) says otherwise,
 serves files from the runs folder only, and runs each job as ``python -m adapt3d <command> ...`` in its own
 process group (see :mod:`adapt3d.studio.jobs`).
+
+This is the one command that does not live in ``adapt3d.pipelines``: it serves the studio, which sits above the
+pipelines (its job forms come from :mod:`adapt3d.pipelines.registry`); the command line adds it to the registry's
+commands (:mod:`adapt3d.cli.main`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapt3d.pipelines.render import check_output_folder, resolve_device
+from adapt3d.utils.io import check_output_folder
+from adapt3d.utils.parsing import check_at_least, resolve_device
 
 __all__ = ["StudioConfig", "StudioResult", "validate", "build_server", "run"]
 
@@ -88,9 +93,7 @@ def validate(cfg: StudioConfig) -> None:
                              "'localhost'") from None
     if cfg.share and cfg.host != "127.0.0.1":
         raise ValueError(f"--share listens on 0.0.0.0; leave out --host {cfg.host} (or leave out --share)")
-    for name in ("max_jobs", "max_upload_pixels"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    check_at_least(cfg, ("max_jobs", "max_upload_pixels"))
     if not cfg.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb: must be > 0, got {cfg.max_upload_mb}")
     if cfg.preset is not None or cfg.checkpoint is not None:
