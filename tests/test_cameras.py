@@ -290,7 +290,7 @@ def test_sinusoidal_sampler_values():
 
 
 def test_make_pose_sampler_errors():
-    with pytest.raises(ValueError, match="valid names: fixed, gaussian, sinusoidal, uniform"):
+    with pytest.raises(ValueError, match="valid names: fixed, gaussian, sinusoidal, uniform, yaw_bins"):
         make_pose_sampler("spiral")
     with pytest.raises(ValueError, match="unknown option"):
         make_pose_sampler("gaussian", sigma=1.0)

@@ -135,7 +135,7 @@ def test_invert_then_render_latent_through_the_cli(tmp_path):
     photo.write_bytes((tmp_path / "src" / "seed0003.png").read_bytes())
     assert run("invert", photo, "--preset", "tiny", "--out", tmp_path / "me", "--num-steps", 4,
                "--search-yaw-steps", 1, "--search-pitch-steps", 1, "--search-keep", 1, "--search-steps", 1,
-               "--w-avg-samples", 64, "--video", "none", "--clip-model", "none", "--loss", "mse") == 0
+               "--w-avg-samples", 64, "--video", "none", "--clip-model", "none", "--loss", "mse", "--no-align") == 0
     latent = torch.load(tmp_path / "me" / "latent.pt", weights_only=True)
     assert latent["ws"].ndim == 3 and latent["camera"].shape == (1, 25)
     assert run("render", "--preset", "tiny", "--latent", tmp_path / "me" / "latent.pt", "--out", tmp_path / "r",

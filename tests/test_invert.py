@@ -37,7 +37,7 @@ def _render(G, ws, yaw, pitch):
 def _fast(**kw):
     base = dict(preset="tiny", num_steps=40, lr=0.1, w_noise=0.0, loss="mse", w_avg_samples=500,
                 search_yaw_steps=3, search_pitch_steps=1, search_keep=1, search_steps=5, video="none",
-                progress=False)
+                progress=False, align=False)  # the 'photos' are renders of a random generator: no face to align
     base.update(kw)
     return InvertConfig(**base)
 

@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = tyro.extras.subcommand_cli_from_dict(
         {name: config for name, (config, _, _) in COMMANDS.items()},
         args=argv, prog="adapt3d", description="adapt3d: diffusion models as teachers for 3D-aware generators.")
-    run = next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
+    # by name: a command with nested subcommands (instance candidates|adapt) has a Union, not a class
+    run = COMMANDS[name][1] if name else next(fn for config, fn, _ in COMMANDS.values() if isinstance(cfg, config))
     try:
         out = getattr(cfg, "out", None)
         with new_folder_removed_if_empty(out if isinstance(out, (str, os.PathLike)) else None):

@@ -122,6 +122,20 @@ class Img2ImgTranslator(PipelineProperties):
         _set_scheduler(pipe, scheduler)
         return cls(pipe, device=dev, source=str(model_id_or_path))
 
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, scheduler, scheduler_name: SchedulerName = "pndm",
+                        device: torch.device | str | None = None, source: str | None = None) -> Img2ImgTranslator:
+        """img2img from already loaded SD components (e.g. an SDS teacher's), sharing their weights."""
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        with warnings.catch_warnings():  # diffusers' notes on configs of the SDS teacher's DDIM scheduler
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                                  scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+            _set_scheduler(pipe, scheduler_name)
+        return cls(pipe, device=device, source=source)
+
     def __call__(self, images: torch.Tensor, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] |
                  None = None, strength: float = 0.7, guidance_scale: float = 8.0, num_inference_steps: int = 50,
                  seeds: Sequence[int] | None = None, output_size: int | None = None,

@@ -10,21 +10,28 @@ What happens to an input file, in order:
    than on black transparency noise); CMYK / YCbCr / LAB are converted to RGB by Pillow;
 3. geometry: the largest centred square is cropped (the longer side loses ``(long - short) / 2`` pixels at each
    end), then resized to ``resolution`` x ``resolution`` with Lanczos filtering (antialiased when shrinking).
-   Nothing is aligned: a face must already be roughly centred and framed like the generator's training images
-   (FFHQ: EG3D's crop, face filling about 60 % of the frame);
+   With ``align`` (``adapt3d invert``'s default) the face is found instead and cropped like EG3D's FFHQ images
+   (rotation, scale and centre from the eyes and mouth, :mod:`adapt3d.inversion.face_align`); without it nothing is
+   aligned: a face must already be roughly centred and framed like the generator's training images;
 4. values: uint8 -> float ``x / 127.5 - 1`` in [-1, 1], layout (1, 3, R, R), the generator's image convention.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "read_image", "center_crop_resize", "load_target_image", "BACKGROUNDS"]
+if TYPE_CHECKING:
+    from adapt3d.inversion.face_align import AlignedFace
+
+__all__ = ["ImageReadError", "read_image", "center_crop_resize", "load_target_image", "TargetImage", "prepare_target",
+           "BACKGROUNDS"]
 
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128)}
 
@@ -98,7 +105,33 @@ def load_target_image(path: str | os.PathLike, resolution: int, background: str 
 
     Returns (target (1, 3, R, R) float in [-1, 1], the same as uint8 (R, R, 3), the original (H, W)).
     """
+    t = prepare_target(path, resolution, background=background, arg=arg)
+    return t.target, t.image, t.original_hw
+
+
+@dataclass
+class TargetImage:
+    """A photo prepared for inversion: ``target`` (1, 3, R, R) in [-1, 1], the same as uint8 ``image`` (R, R, 3), the
+    photo's original (H, W), and the face alignment (None for the centred square crop)."""
+
+    target: torch.Tensor
+    image: np.ndarray
+    original_hw: tuple[int, int]
+    alignment: "AlignedFace | None" = None
+
+
+def prepare_target(path: str | os.PathLike, resolution: int, *, background: str = "white", align: bool = False,
+                   crop: str = "eg3d", arg: str = "image") -> TargetImage:
+    """Read ``path`` and crop it for a generator of ``resolution`` px: the aligned face (``align``; raises
+    :class:`~adapt3d.inversion.face_align.NoFaceError` naming ``arg`` and the file when there is none) or the
+    centred square."""
     array = read_image(path, background=background, arg=arg)
-    square = center_crop_resize(array, resolution)
+    alignment = None
+    if align:
+        from adapt3d.inversion.face_align import align_face
+        alignment = align_face(array, resolution, crop, arg=arg, name=str(path))  # type: ignore[arg-type]
+        square = alignment.image
+    else:
+        square = center_crop_resize(array, resolution)
     target = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, R, R)
-    return target, square, (int(array.shape[0]), int(array.shape[1]))
+    return TargetImage(target, square, (int(array.shape[0]), int(array.shape[1])), alignment)

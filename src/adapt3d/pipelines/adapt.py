@@ -102,6 +102,11 @@ class AdaptConfig(RenderStageOptions):
     """One-shot instance-selected adaptation toward an inverted photo (latent.pt from adapt3d invert)."""
     samples_per_view: int | None = None
     """Instance mode: diffusion translations of each rendered view (default 4; tiny: 2); --num-images in all."""
+    select: int | None = None
+    """Instance mode: adapt toward candidate K of `adapt3d instance candidates` (same instance, --prompt, --seed):
+    every view is translated with that candidate's diffusion noise and prompt."""
+    num_candidates: int = 8
+    """Instance mode: how many candidates `adapt3d instance candidates` made (--select takes 0 .. this - 1)."""
     seed: int = 0
     """Seed of the dataset job and of fine-tuning."""
     device: str = "auto"
@@ -213,6 +218,9 @@ def run(cfg: AdaptConfig) -> AdaptResult:
     if cfg.instance_seed is not None or cfg.instance_latent is not None:
         from adapt3d.pipelines import instance  # one-shot: one instance at many cameras -> translate -> finetune
         return instance.run(instance.config_from(cfg))
+    if cfg.select is not None:
+        raise ValueError(f"--select: {cfg.select} picks a candidate of ONE instance; give --instance-seed or "
+                         "--instance-latent too (see adapt3d instance candidates)")
     if cfg.method != "datid3d":
         return run_clip_method(cfg)  # OUT/train, OUT/render, OUT/compare.png, OUT/eval, OUT/<method>.json
     t0 = time.time()

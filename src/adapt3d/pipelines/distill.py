@@ -8,7 +8,9 @@ distribution (DreamPortrait); then ``adapt3d generate`` makes a portrait for a p
 Run folder::
 
     <out>/options.json, log.txt, stats.jsonl     options; status lines; one JSON record per tick (losses, SDS
-                                                 gradient norm, t range, gates, diversity on the fixed set)
+                                                 gradient norm, t range, gates, diversity on the fixed set,
+                                                 view-suffix shares, direction/source_distance)
+    <out>/gan_reals.pt, samples/gan_reals.png    --gan-real teacher: the discriminator's real images (made once)
     <out>/samples/source.png                     the source generator on the sample seeds (3 yaws per row)
     <out>/samples/promptKK-<step>.png            prompt KK over training (rows = sample seeds, columns = yaws)
     <out>/snapshots/snapshot-<step>/             checkpoint (base + conditioning.safetensors + D) + training_state.pt
@@ -33,7 +35,8 @@ from adapt3d.diffusion.loading import DEFAULT_DIFFUSION
 from adapt3d.models.loading import check_generator_source, load_generator
 from adapt3d.models.text_conditioned import TextConditionedGenerator, TextConditioningConfig
 from adapt3d.training.distill import DistillResult, DistillTrainer
-from adapt3d.training.distill_config import DistillConfig, distill_identity, validate_distill_config
+from adapt3d.training.distill_config import (DistillConfig, distill_identity, resolved_gan_options,
+                                             validate_distill_config)
 from adapt3d.training.run_folder import RunFolder
 from adapt3d.utils.io import atomic_write_json, check_output_folder, to_jsonable
 from adapt3d.utils.parsing import parse_seeds, resolve_device
@@ -112,8 +115,9 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     if cfg.diversity_features == "clip" and clip_name is None:
         raise ValueError("--diversity-features clip needs a CLIP model; pass --clip-model or --diversity-features "
                          "pixels")
+    gan = resolved_gan_options(cfg)
     dataset = None
-    if cfg.dataset is not None and cfg.lambda_gan > 0:
+    if gan["gan_real"] == "dataset":
         from adapt3d.data.eg3d_dataset import EG3DDataset
         dataset = EG3DDataset(cfg.dataset)
 
@@ -154,6 +158,36 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         if group is not None and cfg.batch % min(group, cfg.batch):
             raise ValueError(f"--batch: the discriminator's minibatch-std groups of {group} need a batch divisible "
                              f"by {min(group, cfg.batch)}, got {cfg.batch}")
+    teacher_reals = None
+    if gan["gan_real"] == "teacher":
+        from adapt3d.training.distill import make_training_pose_sampler
+        from adapt3d.training.distill_reals import build_teacher_reals, load_or_build_reals
+        pool_source = (source if source is not None else G).to(device).eval()
+        sampler = make_training_pose_sampler(cfg.pose_sampler, cfg.yaw_spread, cfg.pitch_spread, cfg)
+        r = G.rendering
+
+        def c_cond(n):
+            from adapt3d.cameras import frontal_label
+            return frontal_label(r.avg_camera_radius, r.avg_camera_pivot, G.config.camera_fov_deg,
+                                 batch_size=n).to(device)
+
+        made_with = {"num_images": gan["gan_real_images"], "strength": cfg.gan_real_strength,
+                     "guidance_scale": cfg.gan_real_guidance, "num_inference_steps": gan["gan_real_steps"],
+                     "trunc": cfg.trunc, "seed": cfg.seed, "prompts": list(prompts), "view_prompts": cfg.view_prompts,
+                     "teacher": sds.source, "generator": loaded.source,
+                     "cameras": {k: getattr(cfg, k) for k in ("pose_sampler", "view_shares", "side_max_deg",
+                                                              "view_front_deg", "view_back_deg", "yaw_spread",
+                                                              "pitch_spread")}}
+        made_with = to_jsonable(made_with)  # plain values, compared with what gan_reals.pt holds
+        teacher_reals = load_or_build_reals(out, made_with, lambda: build_teacher_reals(
+            pool_source, sds, prompts, gan["gan_real_images"], strength=cfg.gan_real_strength,
+            guidance_scale=cfg.gan_real_guidance, num_inference_steps=gan["gan_real_steps"], pose_sampler=sampler,
+            trunc=cfg.trunc, seed=cfg.seed, view_prompts=cfg.view_prompts, view_front_deg=cfg.view_front_deg,
+            view_back_deg=cfg.view_back_deg, c_cond=c_cond, device=device, progress=cfg.progress),
+            samples_dir=run_folder.samples)
+        pool_source.train(pool_source is G)  # the base trains in train mode (see DistillTrainer)
+        notes.append(f"GAN reals: {len(teacher_reals)} teacher img2img translations of source samples "
+                     f"({run_folder.out / 'gan_reals.pt'})")
     scorer = None
     if clip_name is not None:
         from adapt3d.clip import CLIPScorer
@@ -162,6 +196,12 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
         run_folder.truncate_stats(int(resume_from.name.split("-", 1)[1]))
     options = {"identity": identity,
                "options": to_jsonable(vars(cfg)),
+               "gan": {**gan, "why": {"teacher": "D's reals are the teacher's translations of source samples: "
+                                                 "diversity kept, pulled toward the text",
+                                      "source": "D's reals are source samples: D learns styled vs source and "
+                                                "pulls renders back to the source",
+                                      "dataset": "D's reals are --dataset images", "none": "--lambda-gan 0"}
+                       [gan["gan_real"]]},
                "resolved": {"diffusion": diffusion, "clip_model": clip_name, "device": str(device),
                             "generator": loaded.source, "prompts": prompts, "conditioning": cond_cfg.to_dict(),
                             "conditioning_parameters": sum(p.numel() for p in model.conditioning_parameters()),
@@ -171,7 +211,7 @@ def run(cfg: DistillConfig, callbacks: Sequence[Callable[[DistillTrainer], None]
     run_folder.log(f"adapt3d distill: {len(prompts)} prompt(s), teacher {diffusion}, device {device}, "
                    + (f"resuming from {resume_from}" if resume_from else "starting from the source generator"))
     trainer = DistillTrainer(cfg, model, sds, prompts, D=D, source=source, dataset=dataset, scorer=scorer,
-                             device=device, run_folder=run_folder, resume_from=resume_from,
+                             device=device, run_folder=run_folder, resume_from=resume_from, teacher_reals=teacher_reals,
                              text_encoder_info={"diffusion": diffusion, "text_dim": sds.text_dim},
                              callbacks=callbacks, notes=notes)
     result = trainer.run_training()

@@ -13,6 +13,15 @@ DATID-3D names this application; its code does not include it. Built from make-d
    instance in the target domain;
 5. render the adapted generator (``adapt3d render``) and the instance through it (``render --latent``).
 
+Instance-*selected* (``--select K``, after ``adapt3d instance candidates``,
+:mod:`adapt3d.pipelines.instance_candidates`): the user has picked candidate K among translations of the instance at
+its reference camera that differ only in their diffusion seed. Without ``--select`` every view gets its own
+diffusion seed, so the views are unrelated stylisations. With it, every view is translated once with candidate K's
+diffusion seed and prompt: img2img's only random inputs (the VAE posterior sample and the initial noise) are then
+those that made candidate K, so each view's target is what that choice turns this view into; view 0 is the reference
+camera, so the selected candidate itself is a training target. ``bench/instance_select.py`` measures the cross-view
+consistency of the two.
+
 Run folder, the same as ``adapt``'s plus ``instance/`` (rerunning the same command skips finished stages; the
 dataset and fine-tuning stages resume their partial work)::
 
@@ -26,6 +35,7 @@ dataset and fine-tuning stages resume their partial work)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,8 +57,24 @@ from adapt3d.pipelines.stages import (COMPARE_YAWS, AdaptResult, compare_is_curr
 from adapt3d.pipelines.targets import model_names, source_poses, translate_and_score, write_targets
 from adapt3d.utils.io import check_output_folder, to_jsonable
 from adapt3d.utils.parsing import flag_name, parse_seeds, resolve_device
+from adapt3d.utils.seeds import stream_seed
 
-__all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs"]
+__all__ = ["InstanceConfig", "run", "validate", "config_from", "stage_configs", "candidate_seed", "candidate_prompt",
+           "CANDIDATE_STREAM", "DEFAULT_NUM_CANDIDATES"]
+
+CANDIDATE_STREAM = 3  # the seed stream of candidates (pose: 1, diffusion: 2; see adapt3d.data.target_dataset)
+DEFAULT_NUM_CANDIDATES = 8
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """Diffusion seed of candidate ``index`` of job ``seed`` (the same in ``instance candidates`` and ``--select``):
+    ``stream_seed(seed, index, 3)``."""
+    return stream_seed(seed, index, CANDIDATE_STREAM)
+
+
+def candidate_prompt(prompts: list[str] | tuple[str, ...], index: int) -> str:
+    """Prompt of candidate ``index``: the prompts take turns."""
+    return prompts[index % len(prompts)]
 
 
 @dataclass
@@ -75,7 +101,13 @@ class InstanceConfig(RenderStageOptions):
     num_images: int | None = None
     """Translated images in all (default 128; tiny: 16)."""
     samples_per_view: int | None = None
-    """Translations of each rendered view, each with its own diffusion seed (default 4; tiny: 2)."""
+    """Translations of each rendered view, each with its own diffusion seed (default 4; tiny: 2; 1 with --select)."""
+    select: int | None = None
+    """Adapt toward candidate K of `adapt3d instance candidates` (same instance, --prompt, --seed and diffusion
+    options): every view is translated once with candidate K's diffusion seed and prompt, view 0 at the
+    candidate's camera."""
+    num_candidates: int = DEFAULT_NUM_CANDIDATES
+    """How many candidates `adapt3d instance candidates` made (--select takes 0 .. this - 1)."""
     pose_sampler: Literal["sinusoidal", "gaussian", "uniform", "fixed"] = "sinusoidal"
     """Cameras of the views (sinusoidal: DATID-3D's, yaw +-0.3 rad, pitch pi/2-0.05 +-0.3 rad)."""
     strength: float = 0.7
@@ -132,7 +164,7 @@ def stage_configs(cfg: InstanceConfig):
     num_inference_steps."""
     tiny = cfg.preset == "tiny"
     out = Path(cfg.out)
-    spv = pick(cfg.samples_per_view, 4, 2, tiny)
+    spv = 1 if cfg.select is not None else pick(cfg.samples_per_view, 4, 2, tiny)
     n = pick(cfg.num_images, 128, 16, tiny)
     numbers = {"num_images": n, "samples_per_view": spv, "num_views": math.ceil(n / max(spv, 1)),
                "num_inference_steps": pick(cfg.num_inference_steps, 50, 10, tiny)}
@@ -163,6 +195,15 @@ def validate(cfg: InstanceConfig) -> dict:
                          "adapt3d invert)")
     if cfg.instance_seed is not None and cfg.instance_seed < 0:
         raise ValueError(f"--instance-seed: must be >= 0, got {cfg.instance_seed}")
+    if cfg.select is not None:
+        check_int(cfg.num_candidates, "--num-candidates", 1, 64, "candidates")
+        if isinstance(cfg.select, bool) or not isinstance(cfg.select, int) \
+                or not 0 <= cfg.select < cfg.num_candidates:
+            raise ValueError(f"--select: {cfg.select!r} is not a candidate index; adapt3d instance candidates "
+                             f"--num-candidates {cfg.num_candidates} made candidates 0-{cfg.num_candidates - 1}")
+        if cfg.samples_per_view not in (None, 1):
+            raise ValueError(f"--samples-per-view: {cfg.samples_per_view} with --select; every view is translated "
+                             "once, with the selected candidate's noise (leave it unset)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--instance-seed/--instance-latent: instance-selected adaptation runs in one process; "
                          "start it without torchrun")
@@ -196,6 +237,9 @@ def validate(cfg: InstanceConfig) -> dict:
            "pose_sampler": cfg.pose_sampler, "diffusion": diffusion, "strength": cfg.strength,
            "guidance_scale": cfg.guidance_scale, "clip_model": clip, "pose_filter": cfg.pose_filter,
            "seed": cfg.seed, "batch_size": cfg.batch_size}
+    if cfg.select is not None:  # (absent otherwise, so that earlier jobs keep their fingerprint)
+        job["select"] = {"index": cfg.select, "diffusion_seed": candidate_seed(cfg.seed, cfg.select),
+                         "prompt": candidate_prompt(prompts, cfg.select)}
     fingerprint = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
     old = Path(cfg.out) / "target" / "job.json"
     if old.is_file():
@@ -264,19 +308,23 @@ def generate(cfg: InstanceConfig, parts: dict, folder: Path, G, code, translator
     done, made = completed_indices(folder), 0
     ws_one = code.ws.to(device)
     latent_seed = cfg.instance_seed if cfg.instance_seed is not None else -1
+    selected = parts["job"].get("select")
     bar = tqdm(total=plan.num_images, initial=len(done), desc="views", unit="img", disable=not cfg.progress)
     with use_noise(G, code.noise):
         for b in range(plan.num_batches):
             items = plan.batch_items(b)
             if all(it.index in done for it in items):
                 continue
+            if selected is not None:  # instance-selected: every view with candidate K's noise and prompt
+                items = [dataclasses.replace(it, diffusion_seed=selected["diffusion_seed"], prompt=selected["prompt"])
+                         for it in items]
             views = list(plan.batch_sources(b))
             yaw, pitch = source_poses(plan, sampler, views)  # (S,)
-            photo_view = cfg.instance_latent is not None and views[0] == 0
-            if photo_view:  # view 0: the photo's own camera
+            own_view = (cfg.instance_latent is not None or selected is not None) and views[0] == 0
+            if own_view:  # view 0: the photo's own camera / the candidates' reference camera
                 yaw[0], pitch[0] = code.yaw, code.pitch
             labels = default_cameras(G, yaw, pitch)  # (S, 25)
-            if photo_view:
+            if own_view:
                 labels[0] = code.camera[0]  # exactly the photo's camera (its radius and field of view)
             batch = translate_and_score(G, ws_one.expand(len(views), -1, -1), labels, yaw, pitch, items, views[0],
                                         translator, scorer, pose_filter, negative_prompt=cfg.negative_prompt,

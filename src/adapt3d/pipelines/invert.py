@@ -6,12 +6,14 @@ Python API mirroring the command::
     result = run(InvertConfig(image="photo.png", generator="ffhq", out="runs/me"))
     result.latent      # runs/me/latent.pt: render it through an adapted generator with adapt3d render --latent
 
-Steps: read the image (centre crop + resize, see :mod:`adapt3d.inversion.images`); build the loss (LPIPS, or the
+Steps: read the image, find the face and crop it like EG3D's FFHQ images (:mod:`adapt3d.inversion.face_align`;
+``--no-align``: centre crop + resize, see :mod:`adapt3d.inversion.images`); build the loss (LPIPS, or the
 stated fallback); take the camera from ``--camera`` or estimate it (:mod:`adapt3d.inversion.camera_search`);
 project into W or W+ (:mod:`adapt3d.inversion.projector`); optionally tune the generator around the latent
 (``--pti``, :mod:`adapt3d.inversion.pti`, saved as a checkpoint in OUT/pti). Output folder::
 
-    input.png                the cropped, resized input (what was inverted)
+    input.png                the aligned (or cropped), resized input (what was inverted)
+    alignment.png            the photo with the face box, eyes, estimated mouth and crop drawn (not with --no-align)
     reconstruction.png       the latent rendered by the source generator at the estimated camera
     reconstruction_views.png the latent at yaw -0.4, 0, +0.4 rad; reconstruction_depth.png its depth
     grid.png                 input | reconstruction | three views (| PTI reconstruction), captioned
@@ -50,7 +52,7 @@ class InvertConfig:
     Give --preset or --generator."""
 
     image: tyro.conf.Positional[Path]
-    """Input photo (any size and aspect: centre-cropped to a square and resized; RGB, RGBA or greyscale)."""
+    """Input photo (any size and aspect; RGB, RGBA or greyscale): its face is found and cropped (see --align)."""
     out: Path = Path("runs/invert")
     """Output folder (latent.pt, latent.json, images, invert.json)."""
     preset: str | None = None
@@ -113,6 +115,12 @@ class InvertConfig:
     """Weight of PTI's locality regulariser (keeps other latents' renderings unchanged)."""
     pti_locality_radius: float = 1.0
     """Distance of PTI's regularisation latents from the pivot, in units of w_std."""
+    align: bool = True
+    """Find the face (OpenCV Haar cascades) and crop it like EG3D's FFHQ images: rotation from the eye line, scale
+    and centre from the eyes and the mouth. --no-align: the centred largest square, as it is (renders, images that
+    are already aligned, generators of other subjects)."""
+    align_crop: Literal["eg3d", "ffhq"] = "eg3d"
+    """Framing of the aligned crop: eg3d (EG3D's FFHQ crop: tighter, centred lower) or ffhq (FFHQ's original quad)."""
     background: Literal["white", "black", "grey"] = "white"
     """Colour that transparent pixels (RGBA input) are composited over."""
     video: Literal["none", "orbit", "yaw"] = "orbit"
@@ -162,7 +170,12 @@ def validate(cfg: InvertConfig) -> dict:
     from adapt3d.inversion.pti import PTIConfig
     from adapt3d.models.loading import check_generator_source
 
+    from adapt3d.inversion.face_align import CROP_STYLES
+    from adapt3d.inversion.images import prepare_target
+
     check_generator_source(cfg.preset, cfg.generator, flag="--generator")
+    if cfg.align_crop not in CROP_STYLES:
+        raise ValueError(f"--align-crop: {cfg.align_crop!r} is not one of {', '.join(CROP_STYLES)}")
     read_image(cfg.image, background=cfg.background, arg="image")  # unreadable files fail here
     if cfg.loss not in LOSS_KINDS:
         raise ValueError(f"--loss: {cfg.loss!r} is not one of {', '.join(LOSS_KINDS)}")
@@ -186,6 +199,8 @@ def validate(cfg: InvertConfig) -> dict:
     if cfg.camera is not None:  # format and rigidity now; a cam2world-only file gets the generator's fov later
         from adapt3d.inversion.camera_io import load_camera_file
         load_camera_file(cfg.camera, 18.837, Path(cfg.image).name)
+    if cfg.align:  # a photo without a face fails here, before any model loads (detection takes milliseconds)
+        prepare_target(cfg.image, 64, background=cfg.background, align=True, crop=cfg.align_crop, arg="image")
     resolve_device(cfg.device)
     check_output_folder(cfg.out)
     digest = hashlib.sha256(Path(cfg.image).read_bytes()).hexdigest()
@@ -197,7 +212,7 @@ def _fingerprint(cfg: InvertConfig, parts: dict, stage: str) -> str:
     keys = ["preset", "generator", "camera", "space", "num_steps", "lr", "loss", "mse_weight", "clip_weight",
             "clip_model", "optimize_noise", "noise_regularize", "w_noise", "w_avg_samples", "refine_camera",
             "camera_lr", "search_yaw_range_deg", "search_yaw_steps", "search_pitch_range_deg", "search_pitch_steps",
-            "search_keep", "search_steps", "background", "seed", "lpips_vgg_weights", "lpips_heads_weights"]
+            "search_keep", "search_steps", "background", "align", "align_crop", "seed", "lpips_vgg_weights", "lpips_heads_weights"]
     if stage == "pti":
         keys += ["pti_steps", "pti_lr", "pti_locality_weight", "pti_locality_radius"]
     doc = {k: str(getattr(cfg, k)) for k in keys}
@@ -233,7 +248,9 @@ def run(cfg: InvertConfig) -> InvertResult:
     from adapt3d.export.images import label_images, make_grid, save_image, to_uint8
     from adapt3d.inversion import camera_io, latent_file
     from adapt3d.inversion.camera_search import search_camera
-    from adapt3d.inversion.images import load_target_image
+    from adapt3d.inversion.face_align import draw_alignment
+    from adapt3d.inversion.images import read_image
+    from adapt3d.inversion.images import prepare_target
     from adapt3d.inversion.losses import make_reconstruction_loss
     from adapt3d.inversion.projector import project, w_statistics
     from adapt3d.inversion.pti import pivotal_tuning
@@ -253,8 +270,17 @@ def run(cfg: InvertConfig) -> InvertResult:
     loaded = load_generator(preset=cfg.preset, checkpoint=cfg.generator, progress=cfg.progress)
     G = loaded.generator.to(device).eval().requires_grad_(False)
     notes = list(loaded.notes)
-    target, target_u8, original_hw = load_target_image(cfg.image, G.img_resolution, cfg.background)
-    if original_hw != (G.img_resolution, G.img_resolution):
+    prepared = prepare_target(cfg.image, G.img_resolution, background=cfg.background, align=cfg.align,
+                              crop=cfg.align_crop)
+    target, target_u8, original_hw = prepared.target, prepared.image, prepared.original_hw
+    if prepared.alignment is not None:
+        notes += prepared.alignment.notes
+        if cfg.camera is not None:
+            notes.append("--camera with --align: the camera is taken to describe the aligned crop (EG3D's framing, "
+                         "as EG3D's dataset labels do); for a camera of the original framing use --no-align")
+        save_image(out / "alignment.png", draw_alignment(read_image(cfg.image, background=cfg.background),
+                                                         prepared.alignment))
+    elif original_hw != (G.img_resolution, G.img_resolution):
         notes.append(f"input {original_hw[1]}x{original_hw[0]} centre-cropped to {min(original_hw)} px and resized "
                      f"to {G.img_resolution} px")
     save_image(out / "input.png", target_u8)
@@ -267,6 +293,7 @@ def run(cfg: InvertConfig) -> InvertResult:
     target = target.to(device)
     summary: dict = {"config": to_jsonable(asdict(cfg)),
                      "generator": loaded.source, "input_size": list(original_hw), "loss": choice.loss.describe(),
+                     "alignment": prepared.alignment.to_dict() if prepared.alignment is not None else None,
                      "fingerprint": {"latent": fp_latent}}
     latent_path = out / latent_file.LATENT_PT
     reuse = (prev.get("fingerprint", {}).get("latent") == fp_latent and latent_path.is_file()
@@ -342,6 +369,8 @@ def run(cfg: InvertConfig) -> InvertResult:
     captions += [f"yaw {d:+.1f}" for d in VIEW_OFFSETS]
     grid = make_grid(label_images(np.stack(rows), captions), nrow=len(rows))
     files["grid"] = [str(save_image(out / "grid.png", grid))]
+    if prepared.alignment is not None:
+        files["alignment"] = [str(out / "alignment.png")]
     yaw_deg, pitch_deg = math.degrees(code.yaw - math.pi / 2), math.degrees(code.pitch - math.pi / 2)
     result = InvertResult(out=out, latent=latent_path, psnr=code.psnr, loss=code.loss, yaw_deg=yaw_deg,
                           pitch_deg=pitch_deg, loss_kind=choice.kind, pti_generator=pti_folder, files=files,

@@ -23,6 +23,7 @@ from adapt3d.pipelines.finetune import FinetuneConfig
 from adapt3d.pipelines.finetune import run as finetune
 from adapt3d.pipelines.generate import GenerateConfig
 from adapt3d.pipelines.generate import run as generate
+from adapt3d.pipelines.instance_candidates import InstanceCommand, run_instance_command
 from adapt3d.pipelines.invert import InvertConfig
 from adapt3d.pipelines.invert import run as invert
 from adapt3d.pipelines.itportrait import ITportraitConfig
@@ -41,7 +42,8 @@ __all__ = ["Command", "COMMANDS"]
 class Command(NamedTuple):
     """One command: its config dataclass (the options), the function that runs it, and its one-line help."""
 
-    config: type
+    config: Any
+    """A dataclass, or a union of dataclasses for a command with nested subcommands (``instance``)."""
     run: Callable[[Any], Any]
     help: str
 
@@ -58,6 +60,9 @@ COMMANDS: dict[str, Command] = {
                         "dataset (DATID-3D stage 2)."),
     "adapt": Command(AdaptConfig, adapt,
                      "Text-guided 3D adaptation end to end: make-dataset -> finetune -> render + compare."),
+    "instance": Command(InstanceCommand, run_instance_command, "Instance-selected adaptation: 'instance candidates' "
+                        "shows diverse targets of ONE instance to pick from; 'instance adapt' (= adapt "
+                        "--instance-seed --select K)."),
     "invert": Command(InvertConfig, invert,
                       "Invert a photo into a 3D generator: latent + camera (+ PTI), reconstruction grid, video."),
     "nada": Command(NadaConfig, nada, "3D StyleGAN-NADA: adapt a generator from --source-text to --prompt with CLIP "

@@ -63,9 +63,12 @@ class HttpError(Exception):
 
 def job_commands() -> dict:
     """name -> (ConfigClass, run_fn, help) of every command a studio job may run (the registry's: all but
-    ``studio``)."""
+    ``studio``, and but those with nested subcommands: ``instance candidates|adapt`` has no single form; the
+    studio's ``adapt`` form covers ``--select``)."""
+    import dataclasses
+
     from adapt3d.pipelines.registry import COMMANDS  # at run time: importing every pipeline takes seconds
-    return dict(COMMANDS)
+    return {k: v for k, v in COMMANDS.items() if dataclasses.is_dataclass(v[0])}
 
 
 @dataclass

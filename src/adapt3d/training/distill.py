@@ -12,8 +12,14 @@ continues exactly like an uninterrupted one):
 3. GAN: ``lambda_gan * softplus(-D(render, c))`` (EG3D's non-saturating loss); steps the generator's Adam over the
    conditioning modules (+ the ``--train-base`` parts). Steps whose loss or gradients are not finite are skipped
    (counted in ``skipped``);
-4. D: logistic loss on the detached renders vs real images (source-generator samples with independent z and
-   cameras, or a dataset), lazy R1 every ``d_reg_interval`` steps (:mod:`adapt3d.training.losses`).
+4. D: logistic loss on the detached renders vs real images (``--gan-real``: the teacher's translations of source
+   samples, of the same prompts as the fakes (default); source-generator samples with independent z and cameras;
+   or a dataset; see :mod:`adapt3d.training.distill_reals`), lazy R1 every ``d_reg_interval`` steps
+   (:mod:`adapt3d.training.losses`).
+
+At each diversity measurement, ``direction/source_distance`` in stats.jsonl is the mean over prompts and fixed
+seeds of ``1 - cos(f(prompt render), f(source render))`` (CLIP image embeddings, or pixels): how far the outputs
+have moved from the source; a regulariser that pulls back toward the source keeps it down.
 
 Reused from the fine-tuning machinery: losses, ``derive_seed``, ``RunFolder`` (log, stats.jsonl, options,
 snapshot discovery), ``load_training_state``, ``lazy_regularization_scaling``, ``freeze_prefixes``.
@@ -33,14 +39,14 @@ from typing import Callable, Sequence
 import torch
 
 from adapt3d.cameras import frontal_label, make_pose_sampler
-from adapt3d.diffusion.sds import ScoreDistillation, timestep_range, view_index, view_prompt
+from adapt3d.diffusion.sds import VIEWS, ScoreDistillation, timestep_range, view_index, view_prompt
 from adapt3d.export.images import make_grid, save_image, to_uint8
 from adapt3d.models.discriminator import filtered_resizing
 from adapt3d.models.text_conditioned import TextConditionedGenerator, load_text_conditioned, save_text_conditioned
 from adapt3d.models.triplane import TriPlaneGenerator
 from adapt3d.training import losses
-from adapt3d.training.distill_config import DistillConfig, resolved_steps
-from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed
+from adapt3d.training.distill_config import DistillConfig, resolved_gan_options, resolved_steps
+from adapt3d.training.distill_eval import SAMPLE_YAWS, diversity_scores, render_fixed, source_distance
 from adapt3d.training.freeze import freeze_prefixes
 from adapt3d.training.loop import TrainingDiverged
 from adapt3d.training.run_folder import TRAINING_STATE, RunFolder, load_training_state
@@ -48,7 +54,7 @@ from adapt3d.utils.io import atomic_path, replace_folder
 from adapt3d.utils.parsing import parse_seeds
 from adapt3d.utils.seeds import derive_seed
 
-__all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler"]
+__all__ = ["DistillTrainer", "DistillResult", "make_training_pose_sampler", "view_bands_deg"]
 
 STATE_FORMAT = "adapt3d-training-state"
 
@@ -67,9 +73,20 @@ class DistillResult:
     seconds: float = 0.0
 
 
-def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float):
-    """Pose sampler around the frontal camera with the given spreads (radians)."""
+def view_bands_deg(cfg: DistillConfig) -> tuple[tuple[float, float], ...]:
+    """|azimuth| bands (degrees) of the front, side and back views of --pose-sampler views."""
+    back_from = 180.0 - cfg.view_back_deg
+    return ((0.0, cfg.view_front_deg), (cfg.view_front_deg, min(cfg.side_max_deg, back_from)), (back_from, 180.0))
+
+
+def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float, cfg: DistillConfig | None = None):
+    """Pose sampler around the frontal camera with the given spreads (radians); ``views`` needs ``cfg``."""
     half = math.pi / 2
+    if name == "views":
+        if cfg is None:
+            raise ValueError("--pose-sampler views: needs the view options")
+        return make_pose_sampler("yaw_bins", bins_deg=view_bands_deg(cfg), shares=tuple(cfg.view_shares),
+                                 pitch_std=pitch_spread)
     if name == "gaussian":
         return make_pose_sampler("gaussian", yaw_std=yaw_spread, pitch_std=pitch_spread)
     if name == "uniform":
@@ -77,7 +94,7 @@ def make_training_pose_sampler(name: str, yaw_spread: float, pitch_spread: float
                                  pitch_range=(half - pitch_spread, half + pitch_spread))
     if name == "sinusoidal":
         return make_pose_sampler("sinusoidal", yaw_range=yaw_spread, pitch_range=pitch_spread)
-    raise ValueError(f"--pose-sampler: {name!r} is not one of gaussian, uniform, sinusoidal")
+    raise ValueError(f"--pose-sampler: {name!r} is not one of views, gaussian, uniform, sinusoidal")
 
 
 class DistillTrainer:
@@ -91,6 +108,7 @@ class DistillTrainer:
     def __init__(self, cfg: DistillConfig, model: TextConditionedGenerator, sds: ScoreDistillation,
                  prompts: Sequence[str], D: torch.nn.Module | None = None, source: TriPlaneGenerator | None = None,
                  dataset=None, scorer=None, device: torch.device | str = "cpu", run_folder: RunFolder | None = None,
+                 teacher_reals=None,
                  resume_from: str | Path | None = None, text_encoder_info: dict | None = None,
                  callbacks: Sequence[Callable[["DistillTrainer"], None]] = (), notes: Sequence[str] = ()):
         self.cfg, self.prompts, self.sds, self.scorer = cfg, list(prompts), sds, scorer
@@ -100,6 +118,13 @@ class DistillTrainer:
         self.model = model.to(self.device).train()
         self.D = D.to(self.device).train().requires_grad_(False) if D is not None and cfg.lambda_gan > 0 else None
         self.dataset = dataset
+        self.teacher_reals = teacher_reals  # distill_reals.TeacherReals: the teacher's translations (--gan-real)
+        kind = resolved_gan_options(cfg)["gan_real"]
+        if self.D is not None and (kind == "teacher") != (teacher_reals is not None):
+            raise ValueError(f"--gan-real {kind}: the trainer needs teacher_reals exactly when the discriminator's "
+                             "reals are the teacher's (adapt3d.training.distill_reals.build_teacher_reals)")
+        if self.D is not None and kind == "dataset" and dataset is None:
+            raise ValueError("--gan-real dataset: the trainer needs the dataset")
         # What trains: the conditioning modules, plus the named base parts.
         self.model.base.requires_grad_(False)
         prefixes = freeze_prefixes(self.model.base, cfg.train_base) if cfg.train_base else []
@@ -124,7 +149,8 @@ class DistillTrainer:
             d_lr, d_betas = losses.lazy_regularization_scaling(cfg.d_lr, (0.0, 0.99),
                                                                 cfg.d_reg_interval if cfg.r1_gamma > 0 else None)
             self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8)
-        self.pose_sampler = make_training_pose_sampler(cfg.pose_sampler, cfg.yaw_spread, cfg.pitch_spread)
+        self.pose_sampler = make_training_pose_sampler(cfg.pose_sampler, cfg.yaw_spread, cfg.pitch_spread, cfg)
+        self.view_counts = [0, 0, 0]  # teacher prompts per view suffix (front, side, back) over the whole run
         self.nrr = cfg.neural_rendering_resolution or int(self.model.neural_rendering_resolution)
         # Prompt embeddings, computed once: generator conditioning (plain prompts) and teacher prompts per view.
         self.texts = sds.encode_prompt(self.prompts).to(self.device)  # (P, L, D)
@@ -142,7 +168,8 @@ class DistillTrainer:
 
     # -- resume ---------------------------------------------------------------------------------------------------
     def training_state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped, "opt_G": self.opt_G.state_dict(),
+        return {"step": self.step, "skipped": self.skipped, "view_counts": list(self.view_counts),
+                "opt_G": self.opt_G.state_dict(),
                 "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
                 "source_diversity": self.source_diversity if self.source_diversity is not None else -1.0,
                 "rng": {"torch": torch.get_rng_state()}}
@@ -161,6 +188,7 @@ class DistillTrainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"--resume: snapshot {snapshot} does not fit this model/options ({e})") from e
         self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+        self.view_counts = [int(v) for v in state.get("view_counts", [0, 0, 0])]
         sd = float(state.get("source_diversity", -1.0))
         self.source_diversity = sd if sd >= 0 else None
         torch.set_rng_state(state["rng"]["torch"])
@@ -183,8 +211,14 @@ class DistillTrainer:
                                    ).to(self.device)
 
     @torch.no_grad()
-    def _reals(self, n: int, gen: torch.Generator):
-        """Real images (n, 3, R, R), raw images (n, 3, r, r) and cameras (n, 25) for the discriminator."""
+    def _reals(self, n: int, gen: torch.Generator, prompt_ids: torch.Tensor | None = None):
+        """Real images (n, 3, R, R), raw images (n, 3, r, r) and cameras (n, 25) for the discriminator; with a
+        teacher pool, one of each fake's prompt (``prompt_ids`` (n,))."""
+        if self.teacher_reals is not None:
+            ids = prompt_ids.cpu() if prompt_ids is not None else torch.randint(len(self.prompts), (n,), generator=gen)
+            img, c = self.teacher_reals.sample(ids, gen)
+            img, c = img.to(self.device), c.to(self.device)
+            return img, filtered_resizing(img, self.nrr), c
         if self.dataset is not None:
             idx = torch.randint(len(self.dataset), (n,), generator=gen).tolist()
             items = [self.dataset[i] for i in idx]
@@ -209,7 +243,8 @@ class DistillTrainer:
         z = torch.randn((b, self.model.z_dim), generator=gen).to(self.device)
         poses, c = self._cameras(b, gen)
         k = torch.randint(len(self.prompts), (b,), generator=gen).to(self.device)
-        views = view_index(poses.yaw).to(self.device) if cfg.view_prompts else None
+        view_ids = view_index(poses.yaw, cfg.view_front_deg, cfg.view_back_deg)  # (B,) 0 front, 1 side, 2 back
+        views = view_ids.to(self.device) if cfg.view_prompts else None
         text = self.texts[k]  # (B, L, D)
         teacher = self.view_texts[views, k] if views is not None else text
         self.opt_G.zero_grad(set_to_none=True)
@@ -217,6 +252,10 @@ class DistillTrainer:
         out = self.model.synthesis(ws, c, text, neural_rendering_resolution=self.nrr, sampling="stochastic")
         t_range = timestep_range(self.step, self.total_steps, cfg.t_range, cfg.t_anneal, cfg.t_max_final)
         rec: dict = {}
+        for v, name in enumerate(VIEWS):  # share of the batch per view suffix (the camera's band without suffixes)
+            count = int((view_ids == v).sum())
+            rec[f"views/{name}"] = count / b
+            self.view_counts[v] += count
         loss = torch.zeros((), device=self.device)
         if cfg.lambda_sds > 0:
             s = self.sds(images=out.image, prompt_embeds=teacher, negative_prompt_embeds=self.uncond,
@@ -237,15 +276,15 @@ class DistillTrainer:
             self.skipped += 1
             self.opt_G.zero_grad(set_to_none=True)
         if self.D is not None:
-            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c))
+            rec.update(self._step_D(out.image.detach(), out.image_raw.detach(), c, k))
         self.step += 1
         rec.update({"skipped": float(not ok), "t_min": t_range[0], "t_max": t_range[1]})
         return rec
 
-    def _step_D(self, fake, fake_raw, fake_c) -> dict:
+    def _step_D(self, fake, fake_raw, fake_c, prompt_ids=None) -> dict:
         cfg = self.cfg
         gen = self._rng("D")
-        real, real_raw, real_c = self._reals(fake.shape[0], gen)
+        real, real_raw, real_c = self._reals(fake.shape[0], gen, prompt_ids)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         fake_logits = self.D({"image": fake, "image_raw": fake_raw}, fake_c)
@@ -271,6 +310,7 @@ class DistillTrainer:
         was_training = self.model.training
         self.model.eval()
         d = diversity_scores(self.model, self.texts, seeds, 1.0, self.scorer, self.source_diversity)
+        d["source_distance"] = source_distance(self.model, self.texts, seeds, 1.0, self.scorer)
         self.model.train(was_training)
         self.source_diversity = d["source"]
         return d
@@ -281,10 +321,15 @@ class DistillTrainer:
         out.update({"t_min": rec.get("t_min"), "t_max": rec.get("t_max"),
                     "sec_per_step": (time.time() - t0) / steps if steps else None, "timestamp": time.time()})
         out.update({f"gate/{k}": v for k, v in self.model.gates().items()})
+        total = sum(self.view_counts)
+        if total:  # shares of the view suffixes over the whole run so far (views/<name>: this tick)
+            out.update({f"views_run/{name}": n / total for name, n in zip(VIEWS, self.view_counts)})
         if diversity is not None:
             out.update({"diversity/mean": diversity["mean"], "diversity/source": diversity["source"],
                         "diversity/ratio_to_source": diversity["ratio_to_source"]})
             out.update({f"diversity/prompt{k:02d}": v for k, v in enumerate(diversity["prompts"])})
+            if "source_distance" in diversity:
+                out["direction/source_distance"] = diversity["source_distance"]
         self._tick = {}
         self.stats.append(out)
         if self.run is not None:
@@ -359,7 +404,7 @@ class DistillTrainer:
             rec = self.train_step()
             steps_in_tick += 1
             for k, v in rec.items():
-                if k.startswith(("loss/", "sds/", "logits/")):
+                if k.startswith(("loss/", "sds/", "logits/", "views/")):
                     s, n = self._tick.get(k, (0.0, 0))
                     self._tick[k] = (s + v, n + 1)
             done = self.step >= self.total_steps
@@ -377,7 +422,10 @@ class DistillTrainer:
         if self.run is not None:
             self._check_weights()
             final = self.write_checkpoint(self.run.final, with_state=False)
-            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); final checkpoint {final}")
+            total = max(sum(self.view_counts), 1)
+            shares = ", ".join(f"{name} {n / total:.0%}" for name, n in zip(VIEWS, self.view_counts))
+            self.run.log(f"done: {self.step} steps ({self.skipped} skipped); view suffixes {shares}; final "
+                         f"checkpoint {final}")
         self.model.eval()
         return DistillResult(out=self.run.out if self.run else Path("."), model=self.model, step=self.step,
                              final=final, resumed_from=self.resumed_from, stats=self.stats, notes=self.notes,

@@ -17,7 +17,7 @@ from adapt3d.utils.io import to_jsonable
 from adapt3d.utils.parsing import check_prompts, check_trunc, check_view_outputs, flag_name, read_prompt_file
 
 __all__ = ["DistillConfig", "validate_distill_config", "parse_prompts", "distill_identity", "RESUME_NEUTRAL",
-           "resolved_steps"]
+           "resolved_steps", "resolved_gan_options"]
 
 
 @dataclass(kw_only=True)
@@ -38,6 +38,11 @@ class DistillConfig(SDSOptions):
     diffusion: str | None = None
     """Teacher: Stable Diffusion 1.x/2.x folder or Hugging Face id; default stabilityai/stable-diffusion-2-1-base
     ('tiny' with --preset tiny). Its frozen text encoder also conditions the generator."""
+    view_front_deg: float = 45.0
+    """|azimuth| (degrees from the frontal view) below which the teacher prompt says 'front view' (threestudio:
+    45); from there to 180 - --view-back-deg it says 'side view'."""
+    view_back_deg: float = 45.0
+    """|azimuth| above 180 minus this says 'back view' (threestudio: 45)."""
     steps: int | None = None
     """Optimiser steps; default 2000 (30 with --preset tiny, the built-in demo)."""
     batch: int = 4
@@ -52,21 +57,44 @@ class DistillConfig(SDSOptions):
     lambda_sds: float = 1.0
     """Weight of the SDS loss."""
     lambda_gan: float = 0.05
-    """Weight of the non-saturating GAN loss that keeps renders on the source distribution (0: no GAN, no D)."""
+    """Weight of the non-saturating GAN regulariser against mode collapse (D's reals: --gan-real; 0: no GAN, no D)."""
+    gan_real: Literal["auto", "teacher", "source", "dataset"] = "auto"
+    """What the GAN regulariser's discriminator calls real. teacher: the teacher's img2img translations of source
+    samples (diverse, in the text's domain: the GAN fights mode collapse without pulling toward the source);
+    source: source-generator samples (D learns 'styled vs source' and pulls renders back to the source); dataset:
+    --dataset. auto: dataset with --dataset, else teacher. Recorded in options.json."""
+    gan_real_images: int | None = None
+    """--gan-real teacher: size of the translated pool, made once per run (prompts take turns); default 256 (8 with
+    --preset tiny)."""
+    gan_real_strength: float = 0.7
+    """--gan-real teacher: img2img strength, the fraction of the schedule re-noised (DATID-3D: 0.7)."""
+    gan_real_guidance: float = 8.0
+    """--gan-real teacher: img2img classifier-free guidance scale (DATID-3D: 8)."""
+    gan_real_steps: int | None = None
+    """--gan-real teacher: img2img inference steps (PNDM); default 50 (DATID-3D), 4 with --preset tiny."""
     dataset: Path | None = None
-    """Real images for the discriminator: an EG3D-format dataset (folder or zip). None: source-generator samples."""
+    """Real images for the discriminator with --gan-real dataset (or auto): an EG3D-format dataset (folder or
+    zip) of the target domain."""
     d_lr: float = 0.002
     """Discriminator Adam learning rate (before lazy-R1 scaling)."""
     r1_gamma: float = 1.0
     """R1 weight on the discriminator's real inputs (EG3D FFHQ: 1); 0 disables it."""
     d_reg_interval: int = 16
     """Lazy R1: every this many steps, scaled by it."""
-    pose_sampler: Literal["gaussian", "uniform", "sinusoidal"] = "gaussian"
-    """Training cameras around the generator's average camera."""
+    pose_sampler: Literal["views", "gaussian", "uniform", "sinusoidal"] = "views"
+    """Training cameras around the generator's average camera. views: --view-shares of the cameras in the front,
+    side and back yaw bands (so side views are taught); gaussian / uniform / sinusoidal: --yaw-spread around the
+    front (a gaussian of std 0.3 rad leaves 99 % of the prompts at 'front view')."""
+    view_shares: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    """--pose-sampler views: shares of the front, side and back cameras (>= 0, normalised). Back is 0 by default: a
+    face generator trained on FFHQ has never seen the back of a head."""
+    side_max_deg: float = 70.0
+    """--pose-sampler views: largest |azimuth| of side cameras, degrees (side band: --view-front-deg to this).
+    Renders of an FFHQ generator degrade beyond about 60-70 deg."""
     yaw_spread: float = 0.3
-    """Yaw spread in radians: gaussian std, uniform half-width, sinusoidal amplitude."""
+    """Yaw spread in radians: gaussian std, uniform half-width, sinusoidal amplitude (not used by views)."""
     pitch_spread: float = 0.15
-    """Pitch spread in radians (same meaning)."""
+    """Pitch spread in radians (same meaning; views: the pitch std)."""
     trunc: float = 1.0
     """Truncation psi of the training latents (1: the full distribution)."""
     neural_rendering_resolution: int | None = None
@@ -121,6 +149,19 @@ RESUME_NEUTRAL = frozenset({"out", "steps", "tick_steps", "diversity_steps", "sn
 --steps, so resuming with another --steps and --t-anneal != none changes the schedule from then on."""
 
 
+def resolved_gan_options(cfg: DistillConfig) -> dict:
+    """--gan-real and its pool options with defaults filled in (what options.json records)."""
+    from adapt3d.training.distill_reals import resolved_gan_real
+    tiny = cfg.preset == "tiny"
+    kind = resolved_gan_real(cfg.gan_real, cfg.dataset) if cfg.lambda_gan > 0 else "none"
+    out = {"gan_real": kind}
+    if kind == "teacher":
+        out.update({"gan_real_images": cfg.gan_real_images or (8 if tiny else 256),
+                    "gan_real_strength": cfg.gan_real_strength, "gan_real_guidance": cfg.gan_real_guidance,
+                    "gan_real_steps": cfg.gan_real_steps or (4 if tiny else 50)})
+    return out
+
+
 def resolved_steps(cfg: DistillConfig) -> int:
     """--steps, or its default: 2000, 30 for the tiny demo preset."""
     if cfg.steps is not None:
@@ -150,6 +191,7 @@ def distill_identity(cfg: DistillConfig, prompts: list[str]) -> dict:
     """Options that define a run (compared on automatic resume), with the parsed prompts."""
     d = {f.name: to_jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RESUME_NEUTRAL}
     d["prompts"] = list(prompts)
+    d.update(resolved_gan_options(cfg))  # the discriminator's real images, explicit
     return d
 
 
@@ -176,6 +218,18 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"{flag_name(name)}: must be >= 0, got {v}")
+    if not (0 < cfg.view_front_deg < 180 - cfg.view_back_deg <= 180 and cfg.view_back_deg >= 0):
+        raise ValueError(f"--view-front-deg {cfg.view_front_deg} / --view-back-deg {cfg.view_back_deg}: need "
+                         "0 < front < 180 - back (degrees of |azimuth| from the frontal view)")
+    shares = tuple(cfg.view_shares)
+    if len(shares) != 3 or not all(math.isfinite(v) and v >= 0 for v in shares) or sum(shares) <= 0:
+        raise ValueError(f"--view-shares: expected three shares (front side back) >= 0, not all 0, got {shares}")
+    if cfg.pose_sampler == "views":
+        if not (math.isfinite(cfg.side_max_deg) and cfg.view_front_deg < cfg.side_max_deg <= 180):
+            raise ValueError(f"--side-max-deg: must be in ({cfg.view_front_deg}, 180] (above --view-front-deg), "
+                             f"got {cfg.side_max_deg}")
+        if shares[2] > 0 and cfg.view_back_deg == 0:
+            raise ValueError("--view-shares: a back share needs --view-back-deg > 0")
     if cfg.lambda_sds == 0 and cfg.lambda_gan == 0:
         raise ValueError("--lambda-sds and --lambda-gan are both 0: nothing to train")
     check_trunc(cfg.trunc)
@@ -189,6 +243,23 @@ def validate_distill_config(cfg: DistillConfig) -> list[str]:
         raise ValueError("--resume: expected 'auto', 'never' or a snapshot folder, got ''")
     if cfg.dataset is not None and not Path(cfg.dataset).exists():
         raise ValueError(f"--dataset: {cfg.dataset} does not exist (an EG3D dataset folder or zip)")
+    if cfg.gan_real not in ("auto", "teacher", "source", "dataset"):
+        raise ValueError(f"--gan-real: {cfg.gan_real!r} is not one of auto, teacher, source, dataset")
+    if cfg.gan_real == "dataset" and cfg.dataset is None:
+        raise ValueError("--gan-real dataset: needs --dataset (an EG3D dataset of real target-domain images)")
+    if cfg.gan_real in ("teacher", "source") and cfg.dataset is not None:
+        raise ValueError(f"--dataset: only used with --gan-real dataset (or auto), not with --gan-real "
+                         f"{cfg.gan_real}")
+    if cfg.gan_real_images is not None and (isinstance(cfg.gan_real_images, bool) or cfg.gan_real_images < 1
+                                            or cfg.gan_real_images > 100_000):
+        raise ValueError(f"--gan-real-images: must be an integer in [1, 100000], got {cfg.gan_real_images!r}")
+    if cfg.gan_real_steps is not None and (isinstance(cfg.gan_real_steps, bool) or cfg.gan_real_steps < 1):
+        raise ValueError(f"--gan-real-steps: must be an integer >= 1, got {cfg.gan_real_steps!r}")
+    from adapt3d.diffusion.img2img import check_img2img_args
+    gan = resolved_gan_options(cfg)
+    if gan["gan_real"] == "teacher":
+        check_img2img_args("x", cfg.gan_real_strength, cfg.gan_real_guidance, gan["gan_real_steps"],
+                           prefix="--gan-real-")
     from adapt3d.utils.parsing import parse_seeds
     for name in ("diversity_seeds", "sample_seeds", "eval_seeds"):
         parse_seeds(getattr(cfg, name), flag_name(name))

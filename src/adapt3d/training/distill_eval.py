@@ -21,7 +21,8 @@ from adapt3d.metrics.diversity import mean_pairwise_distance
 from adapt3d.metrics.view_consistency import evaluate_view_consistency
 from adapt3d.models.text_conditioned import TextConditionedGenerator
 
-__all__ = ["seed_latents", "render_fixed", "image_features", "diversity_scores", "prompt_metrics", "SAMPLE_YAWS"]
+__all__ = ["seed_latents", "render_fixed", "image_features", "diversity_scores", "source_distance", "prompt_metrics",
+           "SAMPLE_YAWS"]
 
 SAMPLE_YAWS = (-0.4, 0.0, 0.4)  # radians from frontal: the columns of the sample grids
 
@@ -74,6 +75,20 @@ def diversity_scores(model: TextConditionedGenerator, texts: torch.Tensor, seeds
     mean = float(sum(per) / len(per))
     return {"source": source, "prompts": per, "mean": mean,
             "ratio_to_source": mean / source if source > 0 else None}
+
+
+@torch.no_grad()
+def source_distance(model: TextConditionedGenerator, texts: torch.Tensor, seeds: list[int], trunc: float,
+                    scorer=None) -> float:
+    """Mean over prompts (texts (P, L, D)) and ``seeds`` of 1 - cos(f(prompt render), f(source render)) of the same
+    latent (frontal, features of :func:`image_features`): 0 while the outputs are the source's, growing as the
+    prompts move them away (in [0, 2])."""
+    src = F.normalize(image_features(render_fixed(model, None, seeds, trunc), scorer), dim=-1)
+    per = []
+    for k in range(texts.shape[0]):
+        gen = F.normalize(image_features(render_fixed(model, texts[k:k + 1], seeds, trunc), scorer), dim=-1)
+        per.append(float((1 - (gen * src).sum(-1)).mean()))
+    return float(sum(per) / len(per))
 
 
 @torch.no_grad()

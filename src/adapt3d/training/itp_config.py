@@ -36,8 +36,20 @@ class ITportraitConfig(ClipAdaptConfig):
     latent: Path | None = None
     """A latent.pt (or its folder) from `adapt3d invert` for the reference: skips the inversion (its camera and
     reconstruction are used; give --style-image too to fit the original picture instead of the reconstruction)."""
+    align: bool = False
+    """Find the face in --style-image and crop it like EG3D's FFHQ images before inverting (as adapt3d invert
+    --align). Off by default: references are often paintings or cartoons, which the photo face detector misses,
+    and ITportrait expects an already aligned portrait."""
     style_camera: Path | None = None
     """Camera file of the reference (.json / .npy EG3D label); default: estimated during the inversion."""
+    paired_photo: Path | None = None
+    """APT pairing: a photo-realistic portrait paired with --style-image (same person, pose and framing, e.g. the
+    photo a painting was made from). It is inverted instead of the artistic image: its camera becomes the
+    reference's camera and its latent the pivot that stage 1 maps to the artistic image (ITportrait's paired
+    photo-realistic portrait; an artistic image inverted into a photo generator gives a poorer pose)."""
+    paired_latent: Path | None = None
+    """APT pairing: a latent.pt (or its folder) from `adapt3d invert` of the paired photo: its latent and camera are
+    used as with --paired-photo, without inverting."""
     invert_steps: int | None = None
     """Inversion steps (W+, camera refined; DATID-3D: 300; tiny: 10)."""
     invert_loss: str = "auto"
@@ -81,6 +93,17 @@ def validate_itportrait(cfg: ITportraitConfig) -> None:
                "an existing file")
     _check(cfg.latent is None or Path(cfg.latent).expanduser().exists(), "latent", cfg.latent,
            "an existing latent.pt or its folder")
+    _check(cfg.paired_photo is None or Path(cfg.paired_photo).expanduser().is_file(), "paired-photo",
+           None if cfg.paired_photo is None else str(cfg.paired_photo), "an existing image file")
+    _check(cfg.paired_latent is None or Path(cfg.paired_latent).expanduser().exists(), "paired-latent",
+           cfg.paired_latent, "an existing latent.pt or its folder")
+    given = [f for f in ("latent", "paired_photo", "paired_latent") if getattr(cfg, f) is not None]
+    _check(len(given) <= 1, given[-1].replace("_", "-") if given else "latent", [str(getattr(cfg, f)) for f in given],
+           "at most one of --latent, --paired-photo, --paired-latent (each gives the reference's latent and camera)")
+    _check(cfg.style_camera is None or not given or given == ["paired_photo"], "style-camera", cfg.style_camera,
+           "not together with --latent or --paired-latent (they carry their camera)")
+    _check(not (cfg.paired_photo or cfg.paired_latent) or cfg.style_image is not None, "style-image", None,
+           "the artistic reference itself, needed with --paired-photo / --paired-latent")
     _check(resolved(cfg, "invert_steps") >= 1, "invert-steps", cfg.invert_steps, "an integer >= 1")
     _check(cfg.invert_loss in ("auto", "lpips", "mse", "lpips+mse"), "invert-loss", cfg.invert_loss,
            "auto, lpips, mse or lpips+mse")
