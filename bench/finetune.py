@@ -72,20 +72,20 @@ class _MemoryDataset(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    G = build_generator(args.preset, seed=0)
+def memory_dataset(G, n: int) -> _MemoryDataset:
+    """``n`` random uint8 images at G's resolution with DATID-3D's sinusoidal camera labels, held in memory."""
     r = G.rendering
-    poses = make_pose_sampler("sinusoidal").sample(args.dataset_size, torch.Generator().manual_seed(0))
+    poses = make_pose_sampler("sinusoidal").sample(n, torch.Generator().manual_seed(0))
     labels = poses.labels(r.avg_camera_radius, r.avg_camera_pivot, G.config.camera_fov_deg)
-    dataset = _MemoryDataset(args.dataset_size, G.img_resolution, labels)
-    cfg = FinetuneConfig(dataset=Path("."), preset=args.preset, batch=args.batch, batch_gpu=args.batch_gpu,
-                         kimg=1e6, density_reg_interval=1, d_reg_interval=1, augment="fixed", augment_p=0.2,
-                         neural_rendering_resolution=args.neural_res, progress=False)
-    trainer = Trainer(cfg, G, default_discriminator(G), dataset, device=device)
+    return _MemoryDataset(n, G.img_resolution, labels)
+
+
+def time_training_steps(trainer: Trainer, warmup: int, steps: int, density_reg_interval: int = 4,
+                        d_reg_interval: int = 16) -> dict:
+    """Run ``warmup + steps`` training steps with every phase (the trainer must be configured with both lazy
+    intervals = 1) and time each phase; returns the per-phase medians and the amortised seconds per step with the
+    real lazy intervals (Greg every ``density_reg_interval`` steps, Dreg every ``d_reg_interval``)."""
+    device = trainer.device
     times: dict[str, list[float]] = {name: [] for name in PHASES}
     step_times: list[float] = []
 
@@ -93,40 +93,57 @@ def main(argv=None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for name in PHASES:
-        fn = getattr(trainer, name)
-
+    originals = {name: getattr(trainer, name) for name in PHASES}
+    for name, fn in originals.items():
         def timed(*a, _fn=fn, _name=name, **k):
             sync()
             t = time.perf_counter()
             out = _fn(*a, **k)
             sync()
-            if trainer.step >= args.warmup:
+            if trainer.step >= warmup:
                 times[_name].append(time.perf_counter() - t)
             return out
         setattr(trainer, name, timed)
-
-    loader = iter(trainer.data_loader())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup + args.steps):
-        reals, real_c = next(loader)
-        sync()
-        t = time.perf_counter()
-        trainer.train_step(reals, real_c)
-        sync()
-        if trainer.step > args.warmup:
-            step_times.append(time.perf_counter() - t)
+    try:
+        loader = iter(trainer.data_loader())
+        for _ in range(warmup + steps):
+            reals, real_c = next(loader)
+            sync()
+            t = time.perf_counter()
+            trainer.train_step(reals, real_c)
+            sync()
+            if trainer.step > warmup:
+                step_times.append(time.perf_counter() - t)
+    finally:
+        for name in PHASES:
+            trainer.__dict__.pop(name, None)
     med = {k: statistics.median(v) for k, v in times.items()}
-    other = statistics.median(step_times) - sum(med.values())  # EMA, schedules, bookkeeping
-    amortised = med["_phase_G"] + med["_phase_D"] + max(other, 0.0) + med["_phase_G_reg"] / \
-        args.density_reg_interval + med["_phase_D_reg"] / args.d_reg_interval
+    other = max(statistics.median(step_times) - sum(med.values()), 0.0)  # EMA, schedules, bookkeeping
+    amortised = (med["_phase_G"] + med["_phase_D"] + other + med["_phase_G_reg"] / density_reg_interval
+                 + med["_phase_D_reg"] / d_reg_interval)
+    return {"phase_seconds": {"G": med["_phase_G"], "G_density_reg": med["_phase_G_reg"], "D": med["_phase_D"],
+                              "D_r1": med["_phase_D_reg"], "other": other},
+            "sec_per_step": amortised, "step_seconds": step_times}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    G = build_generator(args.preset, seed=0)
+    dataset = memory_dataset(G, args.dataset_size)
+    cfg = FinetuneConfig(dataset=Path("."), preset=args.preset, batch=args.batch, batch_gpu=args.batch_gpu,
+                         kimg=1e6, density_reg_interval=1, d_reg_interval=1, augment="fixed", augment_p=0.2,
+                         neural_rendering_resolution=args.neural_res, progress=False)
+    trainer = Trainer(cfg, G, default_discriminator(G), dataset, device=device)
+    timing = time_training_steps(trainer, args.warmup, args.steps, args.density_reg_interval, args.d_reg_interval)
+    med, amortised = timing["phase_seconds"], timing["sec_per_step"]
     result = {
         "preset": args.preset, "batch": args.batch, "batch_gpu": trainer.batch_gpu, "device": str(device),
         "neural_rendering_resolution": trainer.nrr_schedule.initial, "img_resolution": G.img_resolution,
         "steps": args.steps, "warmup": args.warmup,
-        "phase_seconds": {"G": med["_phase_G"], "G_density_reg": med["_phase_G_reg"], "D": med["_phase_D"],
-                          "D_r1": med["_phase_D_reg"], "other": max(other, 0.0)},
+        "phase_seconds": med,
         "reg_intervals": {"density": args.density_reg_interval, "r1": args.d_reg_interval},
         "sec_per_step": amortised, "sec_per_kimg": amortised / args.batch * 1000,
         "kimg_per_hour": 3600 / (amortised / args.batch * 1000),

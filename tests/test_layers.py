@@ -4,6 +4,7 @@ other in a cycle. Every import counts: top-level, inside functions (they run too
 
 ``LAYERS`` is the one written statement of the order (docs/architecture.md points here). Lowest first:
 
+- ``configs``: the architecture configs of the released models (JSON data; imports nothing of adapt3d);
 - ``utils`` .. ``metrics``: the shared core, each layer using only those below it;
 - ``training``, ``baselines``, ``dst``, ``inversion``: the methods (``baselines`` holds what the methods are measured
   against, e.g. per-prompt SDS; it needs only diffusion, models, cameras);
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-LAYERS = ("utils", "cameras", "rendering", "models", "diffusion", "clip", "export", "data", "metrics", "training",
+LAYERS = ("configs", "utils", "cameras", "rendering", "models", "diffusion", "clip", "export", "data", "metrics", "training",
           "baselines", "dst", "inversion", "pipelines", "studio", "cli", "testing")
 
 SRC = Path(__file__).resolve().parents[1] / "src"

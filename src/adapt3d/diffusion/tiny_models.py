@@ -80,53 +80,57 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=list(TINY_MERGES), model_max_length=77)
 
 
-def is_tiny_model(path: str | os.PathLike, kind: str | None = None) -> bool:
-    """True if ``path`` holds a complete tiny model (of ``kind`` when given) built by this module."""
-    marker = Path(path) / MARKER
-    if not marker.is_file():
-        return False
+def is_tiny_model(path: str | os.PathLike, kind: str | None = None, marker: str = MARKER,
+                  version: int = FORMAT_VERSION) -> bool:
+    """True if ``path`` holds a complete tiny model (of ``kind`` when given) built by this module (``marker`` /
+    ``version``: another builder's marker file, e.g. :mod:`adapt3d.testing.full_size`'s)."""
+    info = _marker_info(Path(path), marker)
+    return info is not None and info.get("format") == version and (kind is None or info.get("kind") == kind)
+
+
+def _marker_info(path: Path, marker: str) -> dict | None:
     try:
-        info = json.loads(marker.read_text())
+        return json.loads((path / marker).read_text())
     except (OSError, ValueError):
-        return False
-    return info.get("format") == FORMAT_VERSION and (kind is None or info.get("kind") == kind)
+        return None
 
 
-def _is_outdated_tiny_model(path: Path, kind: str) -> bool:
+def _is_outdated_tiny_model(path: Path, kind: str, marker: str = MARKER, version: int = FORMAT_VERSION) -> bool:
     """True if ``path`` holds a tiny ``kind`` model built by an older version of this module (safe to replace)."""
-    try:
-        info = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("kind") == kind and info.get("format") != FORMAT_VERSION
+    info = _marker_info(path, marker)
+    return info is not None and info.get("kind") == kind and info.get("format") != version
 
 
-def _cached_build(path: str | os.PathLike, kind: str, seed: int, build: Callable[[Path], None]) -> Path:
+def _cached_build(path: str | os.PathLike, kind: str, seed: int, build: Callable[[Path], dict | None],
+                  marker: str = MARKER, version: int = FORMAT_VERSION) -> Path:
+    """Build ``kind`` into ``path`` once: in a temporary sibling folder, seeded, marker written last (with what
+    ``build`` returns, if a dict), then renamed into place. A complete folder is returned at once."""
     path = Path(path).expanduser()
-    if is_tiny_model(path, kind):
+    if is_tiny_model(path, kind, marker, version):
         return path
-    if _is_outdated_tiny_model(path, kind):  # our own cache from an older format: move it aside, then rebuild
+    if _is_outdated_tiny_model(path, kind, marker, version):  # our own older cache: move it aside, then rebuild
         stale = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale.", dir=path.parent))
         with contextlib.suppress(OSError):
             os.rename(path, stale / path.name)
         shutil.rmtree(stale, ignore_errors=True)
     if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not a complete tiny {kind} model; remove it or pick another "
-                              "folder")
+        what = f"tiny {kind}" if marker == MARKER else kind
+        raise FileExistsError(f"{path} exists and is not a complete {what} model; remove it or pick another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            build(tmp)
-        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "kind": kind, "seed": seed}) + "\n")
+            extra = build(tmp)
+        info = {"format": version, "kind": kind, "seed": seed, **(extra or {})}
+        (tmp / marker).write_text(json.dumps(info) + "\n")
         if path.exists():  # an empty folder: replace it
             with contextlib.suppress(OSError):
                 path.rmdir()
         try:
             os.rename(tmp, path)
         except OSError:
-            if not is_tiny_model(path, kind):  # somebody else won the race only if theirs is complete
+            if not is_tiny_model(path, kind, marker, version):  # another builder won the race if theirs is complete
                 raise
     finally:
         if tmp.exists():

@@ -153,7 +153,7 @@ class DiscriminatorBlock(nn.Module):
         if ref is None:
             raise ValueError("DiscriminatorBlock needs x or img")
         fp16 = _use_fp16(self.use_fp16, ref, force_fp32)
-        dtype = torch.float16 if fp16 else torch.float32
+        dtype = ops.low_precision_dtype() if fp16 else torch.float32
         fmt = torch.channels_last if fp16 and self.channels_last else torch.contiguous_format
         if x is not None:
             expected = (self.in_channels, self.resolution, self.resolution)

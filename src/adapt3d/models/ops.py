@@ -7,7 +7,8 @@ and CUDA, in float32 or under autocast, and are differentiable.
 - ``setup_filter``: a normalised 2D FIR filter (outer product of a 1D kernel, sum 1).
 - ``upfirdn2d``: upsample by zero insertion, pad (negative = crop), convolve with a FIR filter, downsample.
 - ``upsample2d`` / ``downsample2d``: the padding conventions StyleGAN2 uses around ``upfirdn2d``.
-- ``bias_act``: bias, activation, gain, clamp.
+- ``bias_act``: bias, activation, gain, clamp (with autograd: a fused node for linear / relu / lrelu that saves
+  only its output, or the reference composition, see ``set_bias_act_impl``).
 - ``conv2d_resample``: a 2D convolution fused with FIR up/down-sampling.
 - ``modulated_conv2d``: StyleGAN2's style-modulated (and optionally demodulated) convolution.
 - ``conv3x3_algorithm``: which algorithm inference-time 3x3 modulated convolutions use on the CPU ("auto": Winograd
@@ -119,12 +120,93 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2, padding: int =
     return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain)
 
 
+BIAS_ACT_IMPLS = ("fused", "ref")
+_bias_act_impl = {"impl": os.environ.get("ADAPT3D_BIAS_ACT", "fused")}  # the environment variable sets the default
+
+
+def set_bias_act_impl(impl: str) -> str:
+    """Choose how ``bias_act`` runs when a gradient is needed; returns the old choice.
+
+    "fused" (default; ``ADAPT3D_BIAS_ACT`` sets it): for linear / relu / lrelu, one autograd node that computes the
+    output in place on one fresh tensor and saves only that output (the derivative of a piecewise-linear activation
+    is a function of the output's sign and of the clamp mask), like EG3D's CUDA ``bias_act``: a quarter of the
+    allocations and half the saved activations of the reference, the same forward values bit for bit, the same
+    gradients (except for pre-clamp values exactly equal to the clamp, where the reference passes the gradient and
+    this blocks it), and double backward (R1) supported. "ref": the plain composition of PyTorch ops.
+    """
+    if impl not in BIAS_ACT_IMPLS:
+        raise ValueError(f"bias_act impl must be one of {BIAS_ACT_IMPLS}, got {impl!r}")
+    old = _bias_act_impl["impl"]
+    _bias_act_impl["impl"] = impl
+    return old
+
+
+@contextlib.contextmanager
+def bias_act_impl(impl: str) -> Iterator[None]:
+    """Context manager form of ``set_bias_act_impl``."""
+    old = set_bias_act_impl(impl)
+    try:
+        yield
+    finally:
+        set_bias_act_impl(old)
+
+
+class _FusedBiasAct(torch.autograd.Function):
+    """``clamp(act(x + b) * gain)`` for piecewise-linear activations, saving only the output (see
+    ``set_bias_act_impl``). The backward is built from differentiable ops on a constant slope mask, so it can be
+    differentiated again (R1 penalties)."""
+
+    @staticmethod
+    def forward(ctx, x, b, dim: int, slope: float, gain: float, clamp: float | None):
+        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+        if slope == 0.0:
+            F.relu_(y)
+        elif slope != 1.0:
+            F.leaky_relu_(y, slope)
+        if gain != 1:
+            y.mul_(gain)
+        if clamp is not None:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.slope, ctx.gain, ctx.clamp, ctx.has_bias = dim, slope, gain, clamp, b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved, = ctx.saved_tensors
+        y = saved.detach()
+        m = None
+        if ctx.slope != 1.0:  # (scalars as tensors of dy's dtype: torch.where of Python floats would be float32)
+            m = torch.where(y > 0, dy.new_tensor(ctx.gain), dy.new_tensor(ctx.gain * ctx.slope))
+        if ctx.clamp is not None:
+            inside = (y.abs() < ctx.clamp).to(dy.dtype)
+            m = inside * ctx.gain if m is None else m * inside
+        dx = dy * m if m is not None else (dy * ctx.gain if ctx.gain != 1 else dy)
+        if torch.is_grad_enabled() and saved.requires_grad:
+            # create_graph (R1): keep x and b in the graph with their zero second derivative, so that they get
+            # zero gradients rather than none, as with the reference (optimisers treat the two differently)
+            dx = dx + saved * 0
+        db = None
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            db = dx.sum([i for i in range(dx.ndim) if i != ctx.dim])
+        return dx, db, None, None, None, None
+
+
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
              alpha: float | None = None, gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
     """``act(x + b) * gain``, then clamped to ``[-clamp, clamp]``; ``b`` is broadcast along ``dim``.
 
-    ``gain`` defaults to the activation's standard gain (sqrt(2) for relu/lrelu, else 1); lrelu slope 0.2.
+    ``gain`` defaults to the activation's standard gain (sqrt(2) for relu/lrelu, else 1); lrelu slope 0.2. With
+    autograd on, linear / relu / lrelu use the fused node (``set_bias_act_impl``) unless "ref" is chosen.
     """
+    if (_bias_act_impl["impl"] == "fused" and act in ("linear", "relu", "lrelu") and torch.is_grad_enabled()
+            and (x.requires_grad or (b is not None and b.requires_grad))):
+        slope = {"linear": 1.0, "relu": 0.0}.get(act, 0.2 if alpha is None else float(alpha))
+        gain = ACTIVATION_GAINS[act] if gain is None else float(gain)
+        clamp = float(clamp) if clamp is not None and clamp >= 0 else None
+        return _FusedBiasAct.apply(x, b.to(x.dtype) if b is not None else None, dim % x.ndim, slope, gain, clamp)
+    if _bias_act_impl["impl"] not in BIAS_ACT_IMPLS:
+        raise ValueError(f"ADAPT3D_BIAS_ACT must be one of {BIAS_ACT_IMPLS}, got {_bias_act_impl['impl']!r}")
     if b is not None:
         shape = [1] * x.ndim
         shape[dim] = -1
@@ -169,6 +251,26 @@ def _bias_act_(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", alp
         x.clamp_(-clamp, clamp)
     return x
 
+
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+_low_precision = {"dtype": torch.float16}
+
+
+def set_low_precision_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of EG3D's reduced-precision layers on CUDA (the super-resolution blocks and the discriminator
+    blocks at >= 64 px, ``num_fp16_res``): float16 (default, as EG3D) or bfloat16 (same speed on Ampere and later,
+    float32's range: no overflow clamping needed, 3 fewer mantissa bits). Returns the old one. CPU runs stay float32
+    either way."""
+    if dtype not in LOW_PRECISION_DTYPES:
+        raise ValueError(f"low precision dtype must be one of {LOW_PRECISION_DTYPES}, got {dtype}")
+    old = _low_precision["dtype"]
+    _low_precision["dtype"] = dtype
+    return old
+
+
+def low_precision_dtype() -> torch.dtype:
+    """See ``set_low_precision_dtype``."""
+    return _low_precision["dtype"]
 
 def _conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int | list[int] = 0, groups: int = 1,
           transpose: bool = False, flip_weight: bool = True) -> torch.Tensor:

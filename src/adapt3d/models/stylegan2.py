@@ -250,7 +250,7 @@ class SynthesisBlock(nn.Module):
         w_iter: Iterator[torch.Tensor] = iter(ws.unbind(dim=1))
         if ws.device.type != "cuda":
             force_fp32 = True
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        dtype = ops.low_precision_dtype() if self.use_fp16 and not force_fp32 else torch.float32
         if fused_modconv is None:
             fused_modconv = self.fused_modconv_default
         if fused_modconv == "inference_only":
