@@ -271,6 +271,9 @@ def check_command(cmd: DocCommand) -> None:
             code, msg = _parse_adapt3d(tuple(run_argv))
             if code != 0:
                 raise AssertionError(f"{cmd}\n  `adapt3d {shlex.join(run_argv)}` does not parse: {msg}")
+    elif cmd.kind == "module" and not re.search(r'if __name__ == "__main__":.*?tyro\.cli\(',
+                                                 Path(importlib.util.find_spec(cmd.target).origin).read_text(), re.S):
+        _bench_parse(cmd, importlib.import_module(cmd.target), argv)  # an argparse main(argv), e.g. testing.full_size
     elif cmd.kind == "module":
         config = _module_config(cmd.target)
         import tyro
