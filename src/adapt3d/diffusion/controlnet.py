@@ -137,11 +137,7 @@ class ControlNetGenerator(PipelineProperties):
     :meth:`from_pretrained`)."""
 
     def __init__(self, pipe, device: torch.device | str | None = None, source: dict | None = None) -> None:
-        self.pipe = pipe
-        if device is not None:
-            pipe.to(torch.device(device))
-        pipe.set_progress_bar_config(disable=True)
-        self.source = source or {}
+        super().__init__(pipe, device, source or {})
         self.notes: list[str] = []
         self.is_sd3 = hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3")
         self.is_sdxl = hasattr(pipe, "text_encoder_2") and not self.is_sd3

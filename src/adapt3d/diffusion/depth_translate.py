@@ -46,12 +46,19 @@ class _DepthTranslator(PipelineProperties):
     kind = ""
 
     def __init__(self, pipe, device: torch.device | str | None = None, source: dict | None = None) -> None:
-        self.pipe = pipe
-        if device is not None:
-            pipe.to(torch.device(device))
-        pipe.set_progress_bar_config(disable=True)
-        self.source = source or {}
+        super().__init__(pipe, device, source or {})
         self.is_sdxl = hasattr(pipe, "text_encoder_2")
+
+    def _prepare(self, images, depth, mask, prompt, negative_prompt, strength, guidance_scale, num_inference_steps,
+                 s2g, seeds, output_size, resolution):
+        """Checked inputs of a call: (b, prompts, negatives, seeds, generation size, output (H, W), images in
+        [0, 1] resized to the generation size (B, 3, res, res))."""
+        b, prompts, negatives = self._check(images, depth, mask, prompt, negative_prompt, strength, guidance_scale,
+                                            num_inference_steps, s2g)
+        res = self.generation_resolution(resolution)
+        out_hw = (output_size, output_size) if output_size else tuple(images.shape[-2:])
+        x = self.resize_square((images.detach().float().clamp(-1, 1) + 1) / 2, res)
+        return b, prompts, negatives, self.batch_seeds(seeds, b), res, out_hw, x
 
     def _check(self, images, depth, mask, prompt, negative_prompt, strength, guidance_scale, num_inference_steps,
                s2g):
@@ -128,12 +135,9 @@ class Depth2ImgTranslator(_DepthTranslator):
                  s2g: S2GSchedule | None = None) -> Img2ImgOutput:
         """Translate ``images`` (B, 3, H, W) in [-1, 1] conditioned on ``depth``/``mask`` (B, 1, h, w); returns
         (B, 3, S, S) in [0, 1] on the CPU (S = ``output_size``, default H)."""
-        b, prompts, negatives = self._check(images, depth, mask, prompt, negative_prompt, strength, guidance_scale,
-                                            num_inference_steps, s2g)
-        seeds = self.batch_seeds(seeds, b)
-        res = self.generation_resolution(resolution)
-        out_hw = (output_size, output_size) if output_size else tuple(images.shape[-2:])
-        x = self.resize_square((images.detach().float().clamp(-1, 1) + 1) / 2, res)
+        b, prompts, negatives, seeds, res, out_hw, x = self._prepare(
+            images, depth, mask, prompt, negative_prompt, strength, guidance_scale, num_inference_steps, s2g, seeds,
+            output_size, resolution)
         dmap = depth2img_depth_map(depth, mask, self.latent_size(res)).to(self.device, self.dtype)  # (B, 1, h, w)
         pipe = self.pipe
 
@@ -204,12 +208,9 @@ class DepthControlNetTranslator(_DepthTranslator):
                  seeds: Sequence[int] | None = None, output_size: int | None = None, resolution: int | None = None,
                  s2g: S2GSchedule | None = None, controlnet_conditioning_scale: float = 1.0) -> Img2ImgOutput:
         """As :meth:`Depth2ImgTranslator.__call__`; the depth goes in as the ControlNet's control image."""
-        b, prompts, negatives = self._check(images, depth, mask, prompt, negative_prompt, strength, guidance_scale,
-                                            num_inference_steps, s2g)
-        seeds = self.batch_seeds(seeds, b)
-        res = self.generation_resolution(resolution)
-        out_hw = (output_size, output_size) if output_size else tuple(images.shape[-2:])
-        x = self.resize_square((images.detach().float().clamp(-1, 1) + 1) / 2, res)
+        b, prompts, negatives, seeds, res, out_hw, x = self._prepare(
+            images, depth, mask, prompt, negative_prompt, strength, guidance_scale, num_inference_steps, s2g, seeds,
+            output_size, resolution)
         control = controlnet_depth_image(depth, mask, res)  # (B, 3, res, res) in [0, 1]
         kwargs = dict(prompt=prompts, image=x.to(self.device, self.dtype),
                       control_image=control.to(self.device, self.dtype), negative_prompt=negatives,

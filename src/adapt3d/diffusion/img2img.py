@@ -94,11 +94,7 @@ class Img2ImgTranslator(PipelineProperties):
 
     def __init__(self, pipe: StableDiffusionImg2ImgPipeline | StableDiffusionXLImg2ImgPipeline,
                  device: torch.device | str | None = None, source: str | None = None) -> None:
-        self.pipe = pipe
-        if device is not None:
-            pipe.to(torch.device(device))
-        pipe.set_progress_bar_config(disable=True)
-        self.source = source
+        super().__init__(pipe, device, source)
         self.model_source = None  # the resolved ModelSource when made by from_pretrained
         self.notes: list[str] = []
 

@@ -143,6 +143,14 @@ def prompt_list(prompt: str | Sequence[str] | None, n: int, arg: str, allow_none
 class PipelineProperties:
     """Read-only facts of a wrapped diffusers pipeline ``self.pipe`` shared by our wrappers."""
 
+    def __init__(self, pipe, device: torch.device | str | None = None, source=None) -> None:
+        """Wrap ``pipe`` (moved to ``device`` when given; progress bars off); ``source`` records where it came from."""
+        self.pipe = pipe
+        if device is not None:
+            pipe.to(torch.device(device))
+        pipe.set_progress_bar_config(disable=True)
+        self.source = source
+
     @property
     def device(self):
         """Where the pipeline computes (with CPU offload: the GPU, while the weights rest in CPU memory)."""
